@@ -1,0 +1,1 @@
+"""certstore's store layer: documents, the CouchDB client, the changes follower and key sealing."""
