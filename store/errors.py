@@ -108,3 +108,58 @@ class KeyFileError(CertstoreError):
 
 class ServiceError(CertstoreError):
     """A local service (pouchdb-server, pebble, a DNS server) could not be installed or started."""
+
+
+# --- appended by the sealing work (issue 3) ------------------------------------------------------
+
+
+class InvalidPublicKey(ValidationError, SealingError):
+    """A host's X25519 public key is malformed (bad base64, wrong length, or a low-order point).
+
+    It is both a ValidationError (it arrives in a ``server:`` document, ``field`` names where) and a
+    SealingError (the certmgr meets it while sealing), so either handler catches it.
+    """
+
+
+# --- appended by the local-services work (issue 2) ----------------------------------------------
+
+
+class InstallError(ServiceError):
+    """Installing a local service failed; ``command`` is the command that failed, ``output`` its output."""
+
+    def __init__(self, message: str, *, command: list[str], output: str = "") -> None:
+        super().__init__(message)
+        self.command = command
+        self.output = output
+
+
+class ServiceStartError(ServiceError):
+    """A local service did not start or did not become ready; ``log_file`` (a path) holds its output."""
+
+    def __init__(self, message: str, *, service: str, log_file: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.log_file = log_file
+
+
+# --- appended by the document-model work (issue 2) -----------------------------------------------
+
+
+class DesignDocError(CertstoreError):
+    """The design document files under design_docs/ are missing or malformed (``path`` is the culprit)."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# --- enrollment --------------------------------------------------------------------------------
+
+
+class EnrollmentConflict(CertstoreError):
+    """A server's published identity differs from this host's, or a server user already exists."""
+
+    def __init__(self, message: str, *, name: str, published_key_id: str | None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.published_key_id = published_key_id

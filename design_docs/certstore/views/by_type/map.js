@@ -1,0 +1,6 @@
+function (doc) {
+  // Every certstore document by type; reduce counts per type (certstore status).
+  if (typeof doc.type === 'string') {
+    emit(doc.type, null);
+  }
+}

@@ -1,0 +1,127 @@
+"""Continuous replication between the hub and a server's replica, as ``_replicator`` documents.
+
+A pair is two documents on one server's ``_replicator`` database (the replica's, by default, so each
+server pulls its own copy): hub → replica and replica → hub. Both carry the credentials of the
+other side in their URLs, which is why ``_replicator`` must stay admin-only (it is on CouchDB 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from store.couch import CouchClient, JSONDict, ServerURL, redact
+from store.errors import NotFound, ValidationError
+from store.ids import replication_doc_id, replication_name
+
+REPLICATOR_DB = "_replicator"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One side of a replication: a server URL (credentials allowed) and a database name."""
+
+    server: str
+    db: str
+
+    def url(self) -> str:
+        """The database URL with credentials, as a replicator needs it."""
+        return ServerURL.parse(self.server).with_credentials() + "/" + self.db
+
+    def shown(self) -> str:
+        """The database URL with the password hidden."""
+        return redact(self.url())
+
+
+@dataclass(frozen=True)
+class Replication:
+    """One ``_replicator`` document certstore manages, as ``replicate list`` shows it."""
+
+    doc_id: str
+    name: str
+    direction: str
+    source: str
+    target: str
+    state: str
+
+
+def default_name(hub: Endpoint, replica: Endpoint) -> str:
+    """A stable name for a hub/replica pair when the admin gives none."""
+    digest = hashlib.sha256(f"{ServerURL.parse(hub.server).url}/{hub.db}|"
+                            f"{ServerURL.parse(replica.server).url}/{replica.db}".encode()).hexdigest()
+    return "r" + digest[:12]
+
+
+def add(client: CouchClient, hub: Endpoint, replica: Endpoint, name: str | None = None) -> list[str]:
+    """Write (or refresh) the pull and push documents on ``client``'s ``_replicator``; return ids."""
+    pair_name = replication_name(name) if name else default_name(hub, replica)
+    replicator = client.db(REPLICATOR_DB)
+    replicator.create(exist_ok=True)
+    written = []
+    for direction, source, target in (("pull", hub, replica), ("push", replica, hub)):
+        doc_id = replication_doc_id(pair_name, direction)
+        doc: JSONDict = {
+            "_id": doc_id,
+            "source": source.url(),
+            "target": target.url(),
+            "continuous": True,
+            "create_target": False,
+            "certstore": {"name": pair_name, "direction": direction},
+        }
+        existing = replicator.get_or_none(doc_id)
+        if existing is not None:
+            if all(existing.get(k) == doc[k] for k in ("source", "target", "continuous")):
+                written.append(doc_id)
+                continue
+            # A changed endpoint: replace the document (CouchDB restarts the job on update).
+            doc["_rev"] = existing["_rev"]
+        replicator.put(doc)
+        written.append(doc_id)
+    return written
+
+
+def _state(doc: JSONDict) -> str:
+    state = doc.get("_replication_state")
+    return str(state) if state else "scheduled"
+
+
+def list_replications(client: CouchClient) -> list[Replication]:
+    """The replications certstore wrote on ``client``'s ``_replicator``, passwords hidden."""
+    replicator = client.db(REPLICATOR_DB)
+    try:
+        rows = replicator.all_docs(include_docs=True)["rows"]
+    except NotFound:
+        return []
+    found = []
+    for row in rows:
+        doc: dict[str, Any] = row.get("doc") or {}
+        meta = doc.get("certstore")
+        if not isinstance(meta, dict):
+            continue
+        found.append(
+            Replication(
+                doc_id=str(doc["_id"]),
+                name=str(meta.get("name", "")),
+                direction=str(meta.get("direction", "")),
+                source=redact(str(doc.get("source", ""))),
+                target=redact(str(doc.get("target", ""))),
+                state=_state(doc),
+            )
+        )
+    return found
+
+
+def remove(client: CouchClient, name: str) -> list[str]:
+    """Delete both documents of the pair ``name``; returns the ids removed."""
+    replicator = client.db(REPLICATOR_DB)
+    removed = []
+    for direction in ("pull", "push"):
+        doc_id = replication_doc_id(replication_name(name), direction)
+        doc = replicator.get_or_none(doc_id)
+        if doc is not None:
+            replicator.delete(doc_id, doc["_rev"])
+            removed.append(doc_id)
+    if not removed:
+        raise ValidationError(f"no replication named {name!r} on {client.url} (see `certstore replicate list`)")
+    return removed
