@@ -11,11 +11,13 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from agent import __version__
+from agent.cli_admin import account_app, credential_app, dns_app
+from agent.cli_certmgr import certmgr_app
 from agent.cli_dev import dev_app
+from agent.cli_options import DEFAULT_DB, DbOpt, JsonOpt, UrlOpt, out
 from agent.cli_server import server_app
 from store import provision, replication
 from store.couch import CouchClient
@@ -28,22 +30,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(dev_app, name="dev", help="Run the local services (pouchdb-server, pebble, DNS) for demos and tests.")
+app.add_typer(
+    dev_app, name="dev", help="Run the local services (pouchdb-server, pebble, DNS) for demos and tests."
+)
 app.add_typer(server_app, name="server")
-replicate_app = typer.Typer(help="Continuous replication between the hub and server replicas.", no_args_is_help=True)
+app.add_typer(credential_app, name="credential")
+app.add_typer(account_app, name="account")
+app.add_typer(dns_app, name="dns")
+app.add_typer(certmgr_app, name="certmgr")
+replicate_app = typer.Typer(
+    help="Continuous replication between the hub and server replicas.", no_args_is_help=True
+)
 app.add_typer(replicate_app, name="replicate")
-
-out = Console(soft_wrap=True)
-
-UrlOpt = Annotated[
-    str,
-    typer.Option(
-        "--url",
-        help="CouchDB server URL, credentials allowed: http://user:pw@host:5984",
-        envvar="CERTSTORE_URL",
-    ),
-]
-DbOpt = Annotated[str, typer.Option("--db", help="Database name.", envvar="CERTSTORE_DB")]
 
 
 def _version(value: bool) -> None:
@@ -70,7 +68,7 @@ def _root(
 
 
 @app.command("init")
-def init_cmd(url: UrlOpt, db: DbOpt = "certstore") -> None:
+def init_cmd(url: UrlOpt, db: DbOpt = DEFAULT_DB) -> None:
     """Create the database, install the design document, set _security, write default settings."""
     with CouchClient(url) as client:
         report = provision.init_database(client, db)
@@ -84,7 +82,9 @@ def replicate_add(
     replica: Annotated[str, typer.Option(help="The server replica's server URL (credentials allowed).")],
     hub_db: Annotated[str, typer.Option(help="The hub's database.")] = "certstore",
     replica_db: Annotated[str, typer.Option(help="The replica's database.")] = "certstore",
-    name: Annotated[str | None, typer.Option(help="A name for this pair (default: derived from the URLs).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="A name for this pair (default: derived from the URLs).")
+    ] = None,
     on: Annotated[
         str, typer.Option(help="Which server runs the replication: 'replica' (default) or 'hub'.")
     ] = "replica",
@@ -100,7 +100,7 @@ def replicate_add(
 
 
 @replicate_app.command("list")
-def replicate_list(url: UrlOpt, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def replicate_list(url: UrlOpt, as_json: JsonOpt = False) -> None:
     """List the replications certstore manages on a server."""
     with CouchClient(url) as client:
         found = replication.list_replications(client)

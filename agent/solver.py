@@ -98,7 +98,9 @@ class FleetSolver:
                 )
             wanted = DNS01
         if wanted not in offered:
-            raise ChallengeSetupError(f"{name}: the CA does not offer {wanted} (it offers {', '.join(offered)})")
+            raise ChallengeSetupError(
+                f"{name}: the CA does not offer {wanted} (it offers {', '.join(offered)})"
+            )
         return wanted
 
     def present(self, items: Sequence[PendingChallenge]) -> None:
@@ -179,4 +181,3 @@ class FleetSolver:
                 challenge_record(item.identifier, item.validation)
             )
         return list(grouped.values())
-

@@ -620,9 +620,11 @@ class TlsCredentialState(Document):
     next_renewal: datetime | None = None
     error_history: list[ErrorEntry] = field(default_factory=list)
     rekey_reason: str | None = None
+    # What the current certificate was issued for: a request that no longer matches is re-issued.
     hostnames: list[str] = field(default_factory=list)
     key_type: KeyType | None = None
     account: str | None = None
+    # Retry bookkeeping: the request revision last acted on, failures in a row, when to try again.
     request_rev: str | None = None
     failures: int = 0
     next_attempt: datetime | None = None
@@ -924,16 +926,13 @@ def validate_document(doc: Mapping[str, Any]) -> Document:
         raise r.fail("type", f'must be "{parsed.kind}" for this id', doc.get("type"))
     model = model_class._read(r, parsed.parts)
     model.rev = r.text("_rev")
+    known = {"_id", "_rev", "type", *model._fields()}
     model.extra = {
         key: value
         for key, value in doc.items()
-        if key not in _known_fields(model) and (not key.startswith("_") or key in _KEPT_COUCH_FIELDS)
+        if key not in known and (not key.startswith("_") or key in _KEPT_COUCH_FIELDS)
     }
     return model
-
-
-def _known_fields(model: Document) -> set[str]:
-    return {"_id", "_rev", "type", *model._fields()}
 
 
 def validate_write(doc: Mapping[str, Any]) -> None:

@@ -9,6 +9,7 @@ on the host that holds it. Rotation is its own explicit command.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,9 @@ from store.documents import Server
 from store.errors import Conflict, EnrollmentConflict, KeyFileError
 from store.hostkey import HostKey, generate_host_key, key_file_path, load_host_key
 from store.provision import ROLE_SERVER
+
+#: The role a server document carries when its host runs the certmgr (secrets are sealed for it).
+CERTMGR_ROLE = "certmgr"
 
 
 def server_role(name: str) -> str:
@@ -31,13 +35,13 @@ def server_user(name: str) -> str:
     return f"server-{ids.parse(ids.server_id(name)).name}"
 
 
-Action = Literal["published", "unchanged", "key-added", "rotated"]
+Action = Literal["published", "unchanged", "key-added", "roles-added", "rotated"]
 
 
 @dataclass(frozen=True)
 class EnrollResult:
     """What enrolling did: ``published`` (new doc), ``key-added`` (an admin's doc got the key),
-    ``unchanged`` (already enrolled with this key) or ``rotated``."""
+    ``roles-added`` (already enrolled, new roles), ``unchanged`` (nothing to do) or ``rotated``."""
 
     name: str
     key_id: str
@@ -52,8 +56,11 @@ def _local_key(state_dir: Path) -> HostKey | None:
     return load_host_key(state_dir)
 
 
-def enroll(db: Database, name: str, state_dir: Path) -> EnrollResult:
-    """Publish this host's public key as ``server:<name>``, generating the key pair if needed."""
+def enroll(db: Database, name: str, state_dir: Path, *, roles: Sequence[str] = ()) -> EnrollResult:
+    """Publish this host's public key as ``server:<name>``, generating the key pair if needed.
+
+    ``roles`` (e.g. ``certmgr``) are added to the document's roles; existing roles are kept.
+    """
     doc_id = ids.server_id(name)
     stored = db.get_or_none(doc_id)
     server = Server.from_doc(stored) if stored is not None else None
@@ -70,9 +77,13 @@ def enroll(db: Database, name: str, state_dir: Path) -> EnrollResult:
             published_key_id=published,
         )
     key = local or generate_host_key(state_dir)
+    missing_roles = [role for role in roles if server is None or role not in server.roles]
     if server is not None and published == key.key_id:
-        return EnrollResult(name, key.key_id, "unchanged", key_file_path(state_dir))
-    _publish(db, name, key, server)
+        if not missing_roles:
+            return EnrollResult(name, key.key_id, "unchanged", key_file_path(state_dir))
+        _publish(db, name, key, server, missing_roles)
+        return EnrollResult(name, key.key_id, "roles-added", key_file_path(state_dir))
+    _publish(db, name, key, server, missing_roles)
     action: Action = "published" if server is None else "key-added"
     return EnrollResult(name, key.key_id, action, key_file_path(state_dir))
 
@@ -92,8 +103,11 @@ def rotate_key(db: Database, name: str, state_dir: Path) -> EnrollResult:
     return EnrollResult(name, key.key_id, "rotated", key_file_path(state_dir), previous_key_id=previous)
 
 
-def _publish(db: Database, name: str, key: HostKey, server: Server | None) -> None:
+def _publish(
+    db: Database, name: str, key: HostKey, server: Server | None, add_roles: Sequence[str] = ()
+) -> None:
     model = server or Server(name=name)
+    model.roles = [*model.roles, *(role for role in add_roles if role not in model.roles)]
     model.public_key = key.public_key_b64
     model.key_id = key.key_id
     try:

@@ -174,9 +174,11 @@ def _spawn(
             ) from exc
     proc = ServiceProcess(pid=popen.pid, argv=tuple(argv), log_file=log_file)
     _children[popen.pid] = (popen, proc)
-    # Right after exec the kernel briefly shows an empty command line; wait it out so that from now on
-    # process_alive() is exact.
-    poll_until(lambda: popen.poll() is not None or _cmdline(popen.pid) != (), timeout=5.0, interval=0.005)
+    # Between fork and exec the child still shows *our* command line (and briefly an empty one): wait
+    # until it shows the one we launched, so that from now on process_alive() is exact.
+    poll_until(
+        lambda: popen.poll() is not None or _cmdline(popen.pid) == proc.argv, timeout=5.0, interval=0.005
+    )
     return proc
 
 
@@ -842,7 +844,15 @@ class ChallTestSrv:
         """Stop serving the TXT record of ``name``."""
         self._post("/clear-txt", {"host": _fqdn(name)})
 
-    def _post(self, path: str, body: Mapping[str, str]) -> None:
+    def set_a(self, name: str, addresses: Sequence[str]) -> None:
+        """Answer A queries for ``name`` with ``addresses`` instead of 127.0.0.1 (e.g. 127.0.0.2)."""
+        self._post("/add-a", {"host": _fqdn(name), "addresses": list(addresses)})
+
+    def clear_a(self, name: str) -> None:
+        """Go back to the default answer (127.0.0.1) for ``name``."""
+        self._post("/clear-a", {"host": _fqdn(name)})
+
+    def _post(self, path: str, body: Mapping[str, object]) -> None:
         try:
             httpx.post(self.management_url + path, json=dict(body), timeout=5.0).raise_for_status()
         except httpx.HTTPError as exc:

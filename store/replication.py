@@ -48,8 +48,10 @@ class Replication:
 
 def default_name(hub: Endpoint, replica: Endpoint) -> str:
     """A stable name for a hub/replica pair when the admin gives none."""
-    digest = hashlib.sha256(f"{ServerURL.parse(hub.server).url}/{hub.db}|"
-                            f"{ServerURL.parse(replica.server).url}/{replica.db}".encode()).hexdigest()
+    digest = hashlib.sha256(
+        f"{ServerURL.parse(hub.server).url}/{hub.db}|"
+        f"{ServerURL.parse(replica.server).url}/{replica.db}".encode()
+    ).hexdigest()
     return "r" + digest[:12]
 
 
@@ -123,5 +125,7 @@ def remove(client: CouchClient, name: str) -> list[str]:
             replicator.delete(doc_id, doc["_rev"])
             removed.append(doc_id)
     if not removed:
-        raise ValidationError(f"no replication named {name!r} on {client.url} (see `certstore replicate list`)")
+        raise ValidationError(
+            f"no replication named {name!r} on {client.url} (see `certstore replicate list`)"
+        )
     return removed

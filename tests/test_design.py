@@ -13,16 +13,17 @@ import re
 import shutil
 import subprocess
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import pytest
 from corpus import CASES, CREDENTIAL, CREDENTIAL_FULL, SERVER, STATE, Case, variant
 
-from store import design
+from store import design, documents
 from store.documents import validate_write
 from store.errors import DesignDocError, ValidationError
-from store.names import ChallengeKind, KeyType, Provider, RevocationReason, Status
+from store.names import ChallengeKind, DnsKind, KeyType, Provider, RevocationReason, Status
 
 HARNESS = Path(__file__).parent / "js" / "run_validate.js"
 DESIGN_DIR = design.DESIGN_DOCS_DIR / "certstore"
@@ -360,3 +361,38 @@ def test_views_emit_what_they_promise() -> None:
     assert map_rows("by_type", [SERVER, {"_id": "x"}]) == [[["server", None]], []]
     # Hostile documents never break a map function.
     assert map_rows("credentials_by_hostname", [{"type": "tls_credential", "hostnames": "x"}]) == [[]]
+
+
+@pytest.mark.parametrize(
+    ("js_name", "enum"),
+    [
+        ("KEY_TYPES", KeyType),
+        ("STATUSES", Status),
+        ("CHALLENGES", ChallengeKind),
+        ("PROVIDERS", Provider),
+        ("DNS_KINDS", DnsKind),
+        ("REASONS", RevocationReason),
+    ],
+)
+def test_javascript_lists_mirror_the_python_enums(js_name: str, enum: type[StrEnum]) -> None:
+    source = (DESIGN_DIR / "validate_doc_update.js").read_text()
+    match = re.search(rf"var {js_name} = \[([^\]]*)\];", source)
+    assert match is not None, js_name
+    assert re.findall(r"'([^']*)'", match.group(1)) == [member.value for member in enum]
+
+
+def test_javascript_limits_mirror_python() -> None:
+    source = (DESIGN_DIR / "validate_doc_update.js").read_text()
+    for name in (
+        "MAX_HOSTNAMES",
+        "MAX_TEXT",
+        "MAX_SERVERS",
+        "MAX_ROLES",
+        "MAX_CONTACTS",
+        "MAX_PATHS",
+        "MAX_ERROR_HISTORY",
+        "MAX_REV",
+        "MAX_FAILURES",
+    ):
+        match = re.search(rf"var {name} = ([0-9]+);", source)
+        assert match is not None and int(match.group(1)) == getattr(documents, name), name

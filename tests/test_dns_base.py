@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import sys
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -292,3 +293,13 @@ def test_bad_rfc2136_settings_name_the_field(
         provider_for("rfc2136", config, secrets)
     assert caught.value.field == field
     assert "not base64!!" not in str(caught.value)
+
+
+def test_lexicon_kind_without_dns_lexicon_installed_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(sys.modules, "agent.dns.lexicon", raising=False)
+    monkeypatch.setitem(sys.modules, "lexicon", None)  # makes `import lexicon` fail as if not installed
+    with pytest.raises(ConfigError, match=r"certstore\[lexicon\]") as caught:
+        provider_for("lexicon", {"zones": ["example.com"], "provider": "powerdns"}, {})
+    assert caught.value.field == "kind"

@@ -9,6 +9,10 @@ value*; they never replace a TXT RRset, because a wildcard and its apex (``*.exa
 ``example.com``) need two TXT values on the same ``_acme-challenge`` name at once, and a value someone else
 published there must survive.
 
+Waiting for propagation is :func:`agent.dns.propagation.wait_for_txt`, which the caller runs between
+:meth:`DnsProvider.present` and answering the CA (with :attr:`DnsProvider.resolver_overrides`): the order's
+deadline is the caller's to choose.
+
 Use one instance per ACME order: it tracks what that order added.
 """
 
@@ -173,8 +177,9 @@ def _zones(config: Mapping[str, Any]) -> tuple[str, ...]:
 def _nameservers(config: Mapping[str, Any]) -> tuple[str, ...]:
     servers = config_str_list(config, "nameservers", required=False)
     for server in servers:
-        if endpoint_problem(server) is not None:
-            raise ConfigError(f"name server {show(server)}: {endpoint_problem(server)}", field="nameservers")
+        problem = endpoint_problem(server)
+        if problem is not None:
+            raise ConfigError(f"name server {show(server)}: {problem}", field="nameservers")
     return servers
 
 

@@ -13,7 +13,7 @@ zone listed in ``resolver_overrides``, the ``host:port`` list given there (a ``d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import dns.exception
 import dns.message
@@ -116,8 +116,6 @@ def wait_for_txt(
     resolver_overrides: Mapping[str, Sequence[str]] | None = None,
     interval_s: float = DEFAULT_INTERVAL,
     resolver: dns.resolver.Resolver | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Return once every authoritative server shows every record; wait at most ``deadline_s`` seconds.
 
@@ -126,7 +124,7 @@ def wait_for_txt(
     Raises :class:`DnsNotPropagated` naming each lagging server and the values it lacks (and the last
     error it gave, if any), or DnsError when the servers themselves cannot be found.
     """
-    end = clock() + deadline_s
+    end = time.monotonic() + deadline_s
     try:
         pending = servers_for(records, resolver_overrides, resolver)
     except dns.exception.DNSException as exc:
@@ -136,7 +134,7 @@ def wait_for_txt(
         for server in list(pending):
             errors.pop(server, None)
             for fqdn in sorted({record.fqdn for record in pending[server]}):
-                timeout = max(0.1, min(QUERY_TIMEOUT, end - clock()))
+                timeout = max(0.1, min(QUERY_TIMEOUT, end - time.monotonic()))
                 try:
                     visible = query_txt(server, fqdn, timeout=timeout)
                 except DnsError as exc:
@@ -147,10 +145,10 @@ def wait_for_txt(
                 del pending[server]
         if not pending:
             return
-        left = end - clock()
+        left = end - time.monotonic()
         if left <= 0:
             raise _not_propagated(pending, errors, deadline_s)
-        sleep(min(interval_s, left))
+        time.sleep(min(interval_s, left))
 
 
 def _not_propagated(

@@ -26,6 +26,8 @@ function (newDoc, oldDoc, userCtx, secObj) {
   var MAX_CONTACTS = 10;
   var MAX_PATHS = 32;
   var MAX_ERROR_HISTORY = 20;
+  var MAX_REV = 200;
+  var MAX_FAILURES = 1000000;
 
   var NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
   var TOKEN_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -691,6 +693,7 @@ function (newDoc, oldDoc, userCtx, secObj) {
       r.text('registered_at', timestampProblem);
       r.sealed('sealed_next_key');
       r.text('status_message');
+      r.text('directory_url', httpsProblem);
     },
     tls_credential_state: function (r) {
       var status = r.requiredText('status', choiceRule(STATUSES));
@@ -716,6 +719,12 @@ function (newDoc, oldDoc, userCtx, secObj) {
         entries[i].requiredText('message');
       }
       r.text('rekey_reason');
+      r.texts('hostnames', hostnameRule(true), MAX_HOSTNAMES);
+      r.text('key_type', choiceRule(KEY_TYPES));
+      r.text('account', nameProblem);
+      r.text('request_rev', null, MAX_REV);
+      r.integer('failures', 0, MAX_FAILURES);
+      r.text('next_attempt', timestampProblem);
       r.ordered('not_before', 'not_after');
       if (status === 'issued' || status === 'renew') {
         for (i = 0; i < CERTIFICATE_FIELDS.length; i++) {

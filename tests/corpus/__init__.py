@@ -73,6 +73,7 @@ ACCOUNT_STATE = {
     "account_url": "https://acme-v02.api.letsencrypt.org/acme/acct/123",
     "sealed_key": SEALED,
     "registered_at": "2026-01-31T12:00:00Z",
+    "directory_url": "https://acme-v02.api.letsencrypt.org/directory",
 }
 DNS = {
     "_id": "dns:bind",
@@ -135,6 +136,11 @@ STATE = {
     "next_renewal": "2026-03-01T00:00:00Z",
     "error_history": [{"at": "2026-01-01T00:00:00Z", "message": "rate limited"}],
     "rekey_reason": "web3 removed from servers",
+    "hostnames": ["www.example.com", "example.com", "xn--bcher-kva.example"],
+    "key_type": "ecdsa-p256",
+    "account": "letsencrypt",
+    "request_rev": "3-9c1f0a5e2b7d4c6a8e0f1b2c3d4e5f60",
+    "failures": 0,
 }
 CHALLENGE = {
     "_id": f"challenge:{TOKEN}",
@@ -360,6 +366,9 @@ CASES: list[Case] = [
         variant(STATE, handled_actions={"pause": "2026-01-01T00:00:00Z"}),
         "handled_actions.pause",
     ),
+    _bad("state: negative failure count", variant(STATE, failures=-1), "failures"),
+    _bad("state: issued for a Unicode name", variant(STATE, hostnames=["bücher.example"]), "hostnames[0]"),
+    _bad("state: retry time not a timestamp", variant(STATE, next_attempt="soon"), "next_attempt"),
     _bad("state: year before 1970", variant(STATE, next_renewal="1969-12-31T23:59:59Z"), "next_renewal"),
     _bad(
         "account state: http account URL",
