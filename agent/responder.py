@@ -38,8 +38,10 @@ from typing import Any
 
 from agent.errors import InvalidChallenge
 from store import ids
+from store.couch import Database
 from store.documents import AcmeChallenge
 from store.errors import ValidationError
+from store.follower import ChangesFollower, MemoryCheckpoint
 from store.names import challenge_token_problem, key_authorization_problem, show
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,19 @@ def apply_challenge_doc(
         log.warning("not serving challenge document %s: %s", doc_id, exc)
         return False
     return True
+
+
+def challenge_follower(db: Database, challenges: ChallengeMap) -> ChangesFollower:
+    """A follower of ``db`` that keeps ``challenges`` equal to its challenge documents.
+
+    It starts from the beginning of the feed each time (challenge documents are few and short-lived),
+    so it needs no checkpoint; the agent's own loop feeds the same map with the same function.
+    """
+    return ChangesFollower(
+        db,
+        lambda change: apply_challenge_doc(challenges, change.id, change.doc, change.deleted),
+        MemoryCheckpoint(),
+    )
 
 
 # --- the HTTP server ---------------------------------------------------------------------------

@@ -132,7 +132,7 @@ class MemoryCheckpoint:
         self.since = seq
 
 
-Handler = Callable[[Change], None]
+Handler = Callable[[Change], object]
 
 
 @dataclass

@@ -60,7 +60,7 @@ COUCHDB_URL_ENV = "CERTSTORE_COUCHDB_URL"
 TEST_COUCHDB_URL_ENV = "CERTSTORE_TEST_COUCHDB_URL"
 NODE_DIR_ENV = "CERTSTORE_NODE_DIR"
 
-# Debian package that provides each binary we run.
+#: binary -> the Debian package(s) that provide it (space-separated).
 APT_PACKAGES: Mapping[str, str] = {
     "pebble": "pebble",
     "pebble-challtestsrv": "pebble",
@@ -68,6 +68,8 @@ APT_PACKAGES: Mapping[str, str] = {
     "named-checkconf": "bind9-utils",
     "node": "nodejs",
     "npm": "npm",
+    # PowerDNS with an API, for the dns-lexicon provider's tests (the backend is a library, no binary).
+    "pdns_server": "pdns-server pdns-backend-sqlite3",
 }
 # Debian keeps named in /usr/sbin, which is not on an ordinary user's PATH.
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
@@ -424,7 +426,9 @@ def ensure_installed(*, npm: bool = True, apt: bool = True) -> list[str]:
     done: list[str] = []
     if apt:
         wanted = {binary: pkg for binary, pkg in APT_PACKAGES.items() if npm or binary not in _NODE_BINARIES}
-        missing = sorted({pkg for binary, pkg in wanted.items() if find_binary(binary) is None})
+        missing = sorted(
+            {pkg for binary, pkgs in wanted.items() if find_binary(binary) is None for pkg in pkgs.split()}
+        )
         apt_install(missing)
         done.extend(f"apt:{pkg}" for pkg in missing)
     if npm and ensure_npm_packages():

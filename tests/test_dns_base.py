@@ -299,7 +299,8 @@ def test_lexicon_kind_without_dns_lexicon_installed_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delitem(sys.modules, "agent.dns.lexicon", raising=False)
-    monkeypatch.setitem(sys.modules, "lexicon", None)  # makes `import lexicon` fail as if not installed
+    for name in [name for name in sys.modules if name.split(".")[0] == "lexicon"] + ["lexicon"]:
+        monkeypatch.setitem(sys.modules, name, None)  # `import lexicon...` fails as if not installed
     with pytest.raises(ConfigError, match=r"certstore\[lexicon\]") as caught:
         provider_for("lexicon", {"zones": ["example.com"], "provider": "powerdns"}, {})
     assert caught.value.field == "kind"

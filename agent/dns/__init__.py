@@ -36,7 +36,8 @@ def provider_for(kind: str, config: Mapping[str, Any], secrets: Mapping[str, str
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"the {kind} DNS provider needs {exc.name}: pip install 'certstore[lexicon]'", field="kind"
+            f"the {kind} DNS provider cannot be loaded ({exc}): pip install 'certstore[lexicon]'",
+            field="kind",
         ) from exc
     provider_class: type[DnsProvider] = getattr(module, class_name)
     return provider_class.from_config(config, secrets)
