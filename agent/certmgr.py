@@ -209,6 +209,8 @@ class Certmgr:
         follower = ChangesFollower(self.db, self.on_change, MemoryCheckpoint(), stop_event=threading.Event())
         thread = run_in_thread(follower, "certmgr-feed")
         pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="certmgr-order")
+        # Whoever sets ``stop`` (a signal handler, a test) also wakes the loop at once.
+        threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True).start()
         last_scan = 0.0
         waiting_logged = False
         try:
@@ -565,6 +567,11 @@ class Certmgr:
             providers.append(provider_for(model.kind.value, {"zones": model.zones, **model.options}, secrets))
         return providers
 
+    def mirror_heartbeat(self, server: str) -> datetime | None:
+        """The last heartbeat of ``server`` the certmgr has seen."""
+        found = self._servers().get(server)
+        return found.heartbeat if found is not None else None
+
     def responders(self) -> dict[str, str]:
         """Responder URLs of the servers whose heartbeat is fresh (the CA may reach any of them)."""
         now = self.clock()
@@ -634,7 +641,7 @@ class Certmgr:
         state.hostnames = list(request.hostnames)
         state.key_type = key_type
         state.account = account
-        state.next_renewal = renewal_time(info.not_before, info.not_after, ari_window=ari)
+        state.next_renewal = renewal_time(info.not_before, info.not_after, now=self.clock(), ari_window=ari)
         state.rekey_reason = None
         state.failures = 0
         state.next_attempt = None

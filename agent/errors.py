@@ -142,3 +142,31 @@ class ChallengeNotServed(CertstoreError):
 
 class ChallengeSetupError(CertstoreError):
     """A challenge cannot be set up for a name: no suitable challenge type, or publishing failed."""
+
+
+# --- appended by the per-host agent work (issue 5) ---------------------------------------------
+
+
+class UnsafePath(CertstoreError):
+    """A name would make the agent write outside its data or state directory (``value`` is the name)."""
+
+    def __init__(self, message: str, *, value: str = "") -> None:
+        super().__init__(message)
+        self.value = value
+
+
+class AgentConfigErrors(ConfigError):
+    """Several configuration problems at once; ``problems`` holds one :class:`ConfigError` per field."""
+
+    def __init__(self, source: str, problems: list[ConfigError]) -> None:
+        lines = [f"{p.field}: {p}" if p.field else str(p) for p in problems]
+        super().__init__(f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(lines))
+        self.problems = problems
+
+
+class DeployError(CertstoreError):
+    """A credential cannot be deployed on this host; the message goes on its ``deploy:`` document."""
+
+    def __init__(self, message: str, *, credential: str = "") -> None:
+        super().__init__(message)
+        self.credential = credential

@@ -31,6 +31,10 @@ RENEW_AT_FRACTION = 2 / 3
 #: Jitter as a fraction of the lifetime (without ARI), spread after the renewal point.
 JITTER_FRACTION = 0.03
 
+#: The earliest a fresh certificate is renewed again: guards against a renewal storm when the local
+#: clock runs ahead of the CA's (the computed renewal time would already have passed).
+MIN_RENEWAL_DELAY = timedelta(hours=1)
+
 #: A delay meaning "do not retry until the request changes".
 NO_RETRY = timedelta(days=36500)
 
@@ -44,21 +48,23 @@ def renewal_time(
     not_before: datetime,
     not_after: datetime,
     *,
+    now: datetime,
     ari_window: tuple[datetime, datetime] | None = None,
     rng: Callable[[], float] = random.random,
 ) -> datetime:
-    """When to renew a certificate valid from ``not_before`` to ``not_after``.
+    """When to renew a certificate valid from ``not_before`` to ``not_after``, issued at ``now``.
 
     With an ARI window the time is uniform inside it (as RFC 9773 asks); without one it is two
-    thirds of the lifetime plus up to :data:`JITTER_FRACTION` of the lifetime.
+    thirds of the lifetime plus up to :data:`JITTER_FRACTION` of the lifetime. Never earlier than
+    :data:`MIN_RENEWAL_DELAY` after ``now``.
     """
     if ari_window is not None:
         start, end = ari_window
-        if end > start:
-            return start + (end - start) * rng()
-        return start
-    lifetime = not_after - not_before
-    return not_before + lifetime * RENEW_AT_FRACTION + lifetime * JITTER_FRACTION * rng()
+        when = start + (end - start) * rng() if end > start else start
+    else:
+        lifetime = not_after - not_before
+        when = not_before + lifetime * RENEW_AT_FRACTION + lifetime * JITTER_FRACTION * rng()
+    return max(when, now + MIN_RENEWAL_DELAY)
 
 
 def retry_delay(failures: int, retry_after: datetime | None = None, *, now: datetime) -> timedelta:

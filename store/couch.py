@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -131,6 +133,7 @@ class CouchClient:
             transport=transport,
             follow_redirects=False,
         )
+        self._transport = transport
         self._logged_in = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -231,28 +234,45 @@ class CouchClient:
         )
 
     @contextmanager
-    def stream_lines(
-        self, path: str, params: Mapping[str, Any], *, read_timeout: float
-    ) -> Iterator[httpx.Response]:
-        """Open a streaming GET (a continuous feed) and yield the response; no retries here.
+    def feed(
+        self, path: str, params: Mapping[str, Any], *, read_timeout: float, feed: Feed | None = None
+    ) -> Iterator[Feed]:
+        """Open a streaming GET (a continuous feed) on a connection of its own; no retries here.
 
-        Read lines with ``response.iter_lines()``; another thread may ``close()`` the response to
-        end the read at once.
+        Another thread may call :meth:`Feed.interrupt` on ``feed`` at any moment, even before the
+        server has sent its headers, to end a blocked read at once.
         """
         if self.auth_mode == "cookie" and not self._logged_in:
             self._login()
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         timeout = httpx.Timeout(self._timeout, read=read_timeout)
+        feed = feed or Feed()
+        # A client of its own: a fresh connection, so the trace hook sees the socket being made.
+        client = httpx.Client(
+            base_url=self.url,
+            auth=self._http.auth,
+            cookies=self._http.cookies,
+            transport=self._transport,
+            follow_redirects=False,
+        )
         try:
-            with self._http.stream(
-                "GET", path, params=_encode_params(params), headers=headers, timeout=timeout
+            with client.stream(
+                "GET",
+                path,
+                params=_encode_params(params),
+                headers=headers,
+                timeout=timeout,
+                extensions={"trace": feed._trace},
             ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     self._decode(resp, f"GET {self.url}{path}", None)
-                yield resp
+                feed.response = resp
+                yield feed
         except httpx.HTTPError as exc:
             raise CouchUnreachable(f"feed from {self.url} broke: {_describe(exc)}", url=self.url) from None
+        finally:
+            client.close()
 
     # -- server-level API --------------------------------------------------------------------
 
@@ -291,6 +311,45 @@ class CouchClient:
             doc["_rev"] = existing["_rev"]
         users.put(doc)
         return doc
+
+
+class Feed:
+    """One open streaming response whose blocked reads another thread can interrupt."""
+
+    def __init__(self) -> None:
+        self.response: httpx.Response | None = None
+        self._stream: Any = None
+        self._interrupted = False
+        self._lock = threading.Lock()
+
+    def _trace(self, event: str, info: Mapping[str, Any]) -> None:
+        # httpcore reports the network stream it made; keep it, to shut its socket down on interrupt.
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            with self._lock:
+                self._stream = info.get("return_value")
+                interrupted = self._interrupted
+            if interrupted:
+                self._shutdown()
+
+    def lines(self) -> Iterator[str]:
+        """The response's lines (empty ones are heartbeats)."""
+        if self.response is None:
+            return iter(())
+        return self.response.iter_lines()
+
+    def interrupt(self) -> None:
+        """End any read in progress (from another thread); the reader then sees a broken feed."""
+        with self._lock:
+            self._interrupted = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            stream = self._stream
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _encode_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from store.couch import Database, JSONDict
+from store.couch import Database, Feed, JSONDict
 from store.errors import CouchError, CouchUnreachable, Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class ChangesFollower:
         self.on_caught_up = on_caught_up
         self.batch_size = batch_size
         self.stats = FollowerStats()
-        self._response: httpx.Response | None = None
+        self._feed: Feed | None = None
         self._since: Any | None = None
         self._unsaved = False
         self._lock = threading.Lock()
@@ -185,11 +185,8 @@ class ChangesFollower:
         """Ask the loop to end; an open feed is closed so ``run()`` returns promptly."""
         self.stop_event.set()
         with self._lock:
-            if self._response is not None:
-                try:
-                    self._response.close()
-                except Exception:  # closing a half-read stream may fail in any way
-                    log.debug("closing the feed raised", exc_info=True)
+            if self._feed is not None:
+                self._feed.interrupt()
 
     def run(self) -> None:
         """Follow until stopped; raises :class:`Unauthorized`/:class:`Forbidden` at once.
@@ -208,6 +205,7 @@ class ChangesFollower:
                 if self._unsaved:
                     self.checkpoint.save(self._since)
                     self._unsaved = False
+                self.stats.connects += 1
                 self._catch_up()
                 self._follow_continuous()
                 failures = 0
@@ -276,13 +274,16 @@ class ChangesFollower:
         }
         # Heartbeats arrive every `heartbeat` seconds; a much longer silence means a dead link.
         read_timeout = self.heartbeat * 3 + 5
-        feed = self.db.client.stream_lines(self.db.path + "/_changes", params, read_timeout=read_timeout)
-        with feed as resp:
-            with self._lock:
-                self._response = resp
-            try:
-                self.stats.connects += 1
-                for line in resp.iter_lines():
+        feed = Feed()
+        with self._lock:
+            if self.stop_event.is_set():
+                return
+            self._feed = feed  # from now on stop() can interrupt the connection, even mid-connect
+        try:
+            with self.db.client.feed(
+                self.db.path + "/_changes", params, read_timeout=read_timeout, feed=feed
+            ):
+                for line in feed.lines():
                     if self.stop_event.is_set():
                         return
                     if not line.strip():
@@ -297,9 +298,9 @@ class ChangesFollower:
                         # The server ended the feed (CouchDB's own timeout); reconnect from here.
                         return
                     self._apply(row)
-            finally:
-                with self._lock:
-                    self._response = None
+        finally:
+            with self._lock:
+                self._feed = None
         if not self.stop_event.is_set():
             raise CouchUnreachable(f"changes feed of {self.db} closed by the server")
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.certmgr import Certmgr, CertmgrSettings
+from agent.config import AgentConfig
+from agent.hostagent import HostAgent
 from agent.responder import ChallengeMap, Responder, challenge_follower
 from agent.solver import SolverSettings
 from store import ids, replication
@@ -76,6 +78,24 @@ class Fleet:
         assert seen[0] is not None
         return seen[0]
 
+    def heartbeat(self, now: datetime, *, only: str | None = None) -> None:
+        """What the agents' heartbeats publish (responder URL, time), written at ``now`` on each replica;
+        returns once the hub has them."""
+        for host in self.hosts.values():
+            if host.responder is None or (only is not None and host.name != only):
+                continue
+            server = Server.from_doc(host.db.get(ids.server_id(host.name)))
+            server.responder_url = host.responder.url
+            server.heartbeat = now
+            host.db.put(server.validated().to_doc())
+            assert wait_for(lambda h=host: self._hub_heartbeat(h.name) == now, 20), (
+                f"the heartbeat of {host.name} did not reach the hub"
+            )
+
+    def _hub_heartbeat(self, name: str) -> datetime | None:
+        doc = self.hub.get_or_none(ids.server_id(name))
+        return Server.from_doc(doc).heartbeat if doc is not None else None
+
     def single_host(self, replica_server: Any, replica_db: str, tmp_path: Path, port: int) -> Host:
         """web1 on its own replica, answering HTTP-01 on 127.0.0.1:``port``."""
         return add_host(self, "web1", replica_server, replica_db, tmp_path, responder_host="127.0.0.1",
@@ -128,12 +148,9 @@ def add_host(
         host.follower = challenge_follower(db, challenges)
         run_in_thread(host.follower, f"challenges-{name}")
         fleet.stops.append(host.follower.stop)
-        # What the agent's heartbeat will publish: where the responder answers, and that it is alive.
-        server = Server.from_doc(db.get(ids.server_id(name)))
-        server.responder_url = host.responder.url
-        server.heartbeat = datetime.now(UTC) + timedelta(hours=1)
-        db.put(server.validated().to_doc())
     fleet.hosts[name] = host
+    if host.responder is not None:
+        fleet.heartbeat(datetime.now(UTC), only=name)
     assert wait_for(lambda: fleet.hub.get_or_none(ids.server_id(name)) is not None, 20), "no replication"
     return host
 
@@ -163,3 +180,43 @@ def running_certmgr(
         stop.set()
         thread.join(30)
         assert not thread.is_alive(), "the certmgr did not stop"
+
+
+# --- agents (issue 5): a HostAgent per host, in a thread, on the host's own replica ----------------
+
+
+def agent_config(host: Host, tmp_path: Path, **overrides: Any) -> AgentConfig:
+    """An agent config for ``host``: its replica, its state dir, a data dir of its own."""
+    server = host.db.client.server
+    options: dict[str, Any] = {
+        "server": host.name,
+        "url": server.url,
+        "user": server.user,
+        "password": server.password,
+        "db": host.db.name,
+        "state_dir": host.state_dir,
+        "data_dir": tmp_path / f"{host.name}-data",
+        "heartbeat_interval": 2.0,
+    }
+    options.update(overrides)
+    return AgentConfig(**options)
+
+
+@contextmanager
+def running_agent(host: Host, config: AgentConfig, **kwargs: Any) -> Iterator[HostAgent]:
+    """A :class:`HostAgent` thread for ``host`` for the duration of the block (waits until it follows)."""
+    agent = HostAgent(config, host.db, **kwargs)
+    stop = threading.Event()
+    ready = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), kwargs={"ready": ready.set},
+                              name=f"agent-{host.name}", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30), f"agent {host.name} did not start"
+        yield agent
+    finally:
+        stop.set()
+        if agent.follower is not None:
+            agent.follower.stop()
+        thread.join(30)
+        assert not thread.is_alive(), f"agent {host.name} did not stop"

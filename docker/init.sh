@@ -1,0 +1,76 @@
+#!/bin/bash
+# The one-shot init service of docker-compose.yml: makes every CouchDB node ready for certstore.
+# Every step is idempotent, so it runs on each `docker compose up` and changes nothing the second time.
+#
+#   1. `certstore init` on the hub and on each server's node (database, design document, _security)
+#   2. a CouchDB user per server on its own node (`certstore server add-user`), and one for the
+#      certmgr on the hub; each password goes to that container's secrets volume (/secrets/<name>)
+#   3. continuous replication hub <-> each node (`certstore replicate add`, run by the node)
+#
+# Environment: COUCHDB_USER, COUCHDB_PASSWORD (the nodes' admin), CERTSTORE_DB, CERTSTORE_SERVERS
+# (server names; node <name> is reachable as couch-<name>:5984), CERTSTORE_CERTMGR (the certmgr's name).
+set -euo pipefail
+
+: "${COUCHDB_USER:?}" "${COUCHDB_PASSWORD:?}" "${CERTSTORE_SERVERS:?}" "${CERTSTORE_CERTMGR:?}"
+db=${CERTSTORE_DB:-certstore}
+owner=10001  # the certstore user of the image, which the agent and certmgr containers run as
+
+admin_url() {
+    echo "http://${COUCHDB_USER}:${COUCHDB_PASSWORD}@couch-$1:5984"
+}
+
+# Writes a password file readable only by the containers' certstore user.
+save_password() {
+    local file=/secrets/$1/password
+    install -d -m 0755 "/secrets/$1"
+    (umask 077 && printf '%s\n' "$2" > "$file")
+    chown "$owner" "$file"
+}
+
+# The password line of `certstore server add-user`, which prints it once.
+new_password() {
+    local output
+    output=$(certstore server add-user "$1" --url "$2" --reset-password)
+    sed -n 's/^password: *//p' <<< "$output"
+}
+
+for node in hub $CERTSTORE_SERVERS; do
+    echo "== couch-$node"
+    certstore init --url "$(admin_url "$node")" --db "$db"
+done
+
+for server in $CERTSTORE_SERVERS; do
+    if [ -s "/secrets/$server/password" ]; then
+        echo "server $server: user exists, password kept"
+    else
+        save_password "$server" "$(new_password "$server" "$(admin_url "$server")")"
+        echo "server $server: user created on couch-$server"
+    fi
+    certstore replicate add --hub "$(admin_url hub)" --replica "$(admin_url "$server")" \
+        --hub-db "$db" --replica-db "$db" --name "$server"
+done
+
+if [ -s "/secrets/$CERTSTORE_CERTMGR/password" ]; then
+    echo "certmgr $CERTSTORE_CERTMGR: user exists, password kept"
+else
+    # `server add-user` gives a server's roles only; the certmgr also needs certstore-certmgr to
+    # write state, challenge and lease documents (CouchDB users are not replicated: hub only).
+    password=$(python3 - "$(admin_url hub)" "$CERTSTORE_CERTMGR" <<'PY'
+import secrets
+import sys
+
+from store.couch import CouchClient
+from store.enrollment import server_role, server_user
+from store.provision import ROLE_CERTMGR, ROLE_SERVER
+
+url, name = sys.argv[1:]
+password = secrets.token_urlsafe(24)
+with CouchClient(url) as client:
+    client.put_user(server_user(name), password, [ROLE_SERVER, server_role(name), ROLE_CERTMGR])
+print(password)
+PY
+)
+    save_password "$CERTSTORE_CERTMGR" "$password"
+    echo "certmgr $CERTSTORE_CERTMGR: user created on couch-hub"
+fi
+echo "init: done"

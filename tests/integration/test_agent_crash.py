@@ -1,0 +1,101 @@
+"""SIGKILL a real ``certstore agent run`` process at random points during deploys: never a torn set."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_ca import TestCA, request_doc, state_doc
+from test_agent import assert_complete, direct_host, live_fingerprint
+
+from agent.config import load_config
+from store import ids
+from store.follower import wait_for
+
+pytestmark = pytest.mark.integration
+
+CREDENTIALS = [f"c{i}" for i in range(5)]
+KILLS = 15
+
+
+def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from agent.cli import main; main()", "agent", "run", "--config",
+             str(config_path)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+
+
+def test_sigkill_during_deploys_never_leaves_a_torn_set(
+    couch_server: Any, db_name: str, tmp_path: Path
+) -> None:
+    ca = TestCA()
+    host = direct_host(couch_server, db_name, tmp_path)
+    server = host.db.client.server
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(
+        f'server = "web1"\nurl = "{server.with_credentials()}"\ndb = "{host.db.name}"\n'
+        f'state_dir = "{host.state_dir}"\ndata_dir = "{tmp_path / "data"}"\nheartbeat_interval = 1\n'
+    )
+    config = load_config(config_path, env={})
+    recipients = {"web1": host.key.public_key}
+    revs: dict[str, str] = {}
+
+    def write_states() -> dict[str, str]:
+        docs, fingerprints = [], {}
+        for name in CREDENTIALS:
+            issued = ca.issue([f"{name}.example.com"])
+            doc = state_doc(name, issued, recipients)
+            if doc["_id"] in revs:
+                doc["_rev"] = revs[doc["_id"]]
+            docs.append(doc)
+            fingerprints[name] = issued.fingerprint
+        for row in host.db.bulk_docs(docs):
+            revs[row["id"]] = row["rev"]
+        return fingerprints
+
+    host.db.bulk_docs([request_doc(name, [f"{name}.example.com"], ["web1"]) for name in CREDENTIALS])
+    latest = write_states()
+    rng = random.Random(5)
+    log = tmp_path / "agent.log"
+    torn_rounds = 0
+    for _ in range(KILLS):
+        proc = start_agent(config_path, log)
+        try:
+            before = (host.db.get_or_none(ids.server_id("web1")) or {}).get("heartbeat")
+            # Following once the heartbeat moves; then new certificates arrive and the kill falls among them.
+            assert wait_for(lambda b=before: (host.db.get_or_none(ids.server_id("web1")) or {})  # type: ignore[misc]
+                            .get("heartbeat") != b, 20), log.read_text()[-2000:]
+            latest = write_states()
+            time.sleep(rng.uniform(0.0, 0.25))  # the kill instant is random on purpose: no condition to wait for
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        seen = set()
+        for keyfile in os.listdir(config.data_dir / "live"):
+            if keyfile.startswith("."):
+                continue  # a temp link the next start cleans up: never what a service reads
+            assert_complete(config, keyfile)
+            seen.add(live_fingerprint(config, keyfile) == latest[keyfile])
+        torn_rounds += len(seen) > 1  # some credentials renewed, some not: the kill fell mid-batch
+    print(f"{KILLS} kills, {torn_rounds} of them in the middle of a batch of deploys")
+    proc = start_agent(config_path, log)
+    try:
+        assert wait_for(lambda: all(live_fingerprint(config, n) == latest[n] for n in CREDENTIALS), 30), (
+            log.read_text()[-2000:]
+        )
+        for name in CREDENTIALS:
+            assert_complete(config, name)
+            versions = os.listdir(config.data_dir / "versions" / name)
+            assert not [v for v in versions if v.startswith(".")]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
