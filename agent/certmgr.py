@@ -395,7 +395,7 @@ class Certmgr:
             return self._retry_plan(state, request, Action.REKEY, state.rekey_reason, now)
         wanted_type = request.key_type or self._settings_doc().default_key_type
         if sorted(state.hostnames) != sorted(request.hostnames) or state.key_type != wanted_type:
-            return self._retry_plan(state, request, Action.REKEY, "the names or key type changed", now)
+            return self._retry_plan(state, request, Action.ISSUE, "the names or key type changed", now)
         if _newer(actions.renew, handled.renew):
             return self._retry_plan(state, request, Action.RENEW, "renewal asked", now)
         if self._needs_reseal(state, request):
@@ -597,7 +597,8 @@ class Certmgr:
         state.status_message = f"{action.value}: ordering a certificate for {', '.join(request.hostnames)}"
         self._write_state(state)
 
-        reuse = action is Action.RENEW and state.sealed_key is not None and state.key_type == key_type
+        # A renewal, or new names, keep the key; a rekey (or a new key type) makes a new one.
+        reuse = action is not Action.REKEY and state.sealed_key is not None and state.key_type == key_type
         if reuse:
             key_pem = open_private_key_pem(state.sealed_key or {}, self.host_key)
         else:

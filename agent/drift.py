@@ -9,6 +9,7 @@ drift, and a missed event is caught by the periodic check the agent also runs.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,29 +17,58 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from agent.paths import LIVE_DIR, TMP_PREFIX, VERSIONS_DIR
+
 log = logging.getLogger(__name__)
 
 
-class _Poke(FileSystemEventHandler):
-    def __init__(self, event: threading.Event) -> None:
+def keyfile_of(root: Path, path: str) -> str | None:
+    """The keyfile a changed path belongs to (``versions/<k>/...`` or ``live/<k>``), or None."""
+    try:
+        parts = Path(path).relative_to(root).parts
+    except ValueError:
+        return None
+    if len(parts) < 2 or parts[0] not in (VERSIONS_DIR, LIVE_DIR):
+        return None
+    name = parts[1]
+    if parts[0] == LIVE_DIR and name.startswith("."):
+        # A temp link ".<keyfile>.tmp-<token>" is about to become live/<keyfile>.
+        name = name[1:].split(TMP_PREFIX, 1)[0]
+    return name
+
+
+class _Collect(FileSystemEventHandler):
+    def __init__(self, root: Path, changed: set[str], event: threading.Event, lock: threading.Lock) -> None:
+        self._root = root
+        self._changed = changed
         self._event = event
+        self._lock = lock
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return  # reads (ours, a service's) are not changes
+        names = {keyfile_of(self._root, os.fsdecode(p)) for p in (event.src_path, event.dest_path) if p}
+        names.discard(None)
+        if not names:
+            return
+        with self._lock:
+            self._changed.update(n for n in names if n is not None)
         self._event.set()
 
 
 class DriftWatcher:
-    """Call ``check`` (from its own thread) shortly after files under ``root`` change.
+    """Call ``check(keyfiles)`` (from its own thread) shortly after files of those keyfiles change.
 
-    ``debounce_s`` gathers a burst of events (an editor saving, ``rm -r``) into one check.
+    ``debounce_s`` gathers a burst of events (an editor saving, ``rm -r``) into one check; only the
+    keyfiles touched are checked, so the agent's own deploys of many credentials stay cheap.
     """
 
-    def __init__(self, root: Path, check: Callable[[], object], *, debounce_s: float = 0.2) -> None:
+    def __init__(self, root: Path, check: Callable[[set[str]], object], *, debounce_s: float = 0.2) -> None:
         self.root = root
         self._check = check
         self._debounce_s = debounce_s
+        self._keyfiles: set[str] = set()
+        self._keyfiles_lock = threading.Lock()
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._observer: Observer | None = None  # type: ignore[valid-type]  # watchdog's alias is a variable
@@ -47,7 +77,8 @@ class DriftWatcher:
     def start(self) -> None:
         """Start watching (``root`` must exist)."""
         observer = Observer()
-        observer.schedule(_Poke(self._changed), str(self.root), recursive=True)
+        handler = _Collect(self.root, self._keyfiles, self._changed, self._keyfiles_lock)
+        observer.schedule(handler, str(self.root), recursive=True)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -64,8 +95,11 @@ class DriftWatcher:
                 self._stop.wait(self._debounce_s)
             if self._stop.is_set():
                 return
+            with self._keyfiles_lock:
+                keyfiles = set(self._keyfiles)
+                self._keyfiles.clear()
             try:
-                self._check()
+                self._check(keyfiles)
             except Exception:  # a failed check must not end the watcher; the next event retries
                 log.exception("drift check failed")
 

@@ -638,11 +638,16 @@ class HostAgent:
 
     # -- drift ------------------------------------------------------------------------------------
 
-    def check_drift(self) -> int:
-        """Restore every live set that differs from what was deployed; returns how many were restored."""
+    def check_drift(self, keyfiles: set[str] | None = None) -> int:
+        """Restore live sets that differ from what was deployed (only ``keyfiles``, if given).
+
+        Returns how many were restored.
+        """
         restored = 0
         with self._lock:
             for name, held in list(self._held.items()):
+                if keyfiles is not None and held.keyfile not in keyfiles:
+                    continue
                 problems = self.keyring.live_problems(held.keyfile, held.meta)
                 if not problems:
                     continue

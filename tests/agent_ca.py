@@ -57,15 +57,36 @@ class TestCA:
     def __init__(self) -> None:
         now = datetime.now(UTC)
         self.root_key = ec.generate_private_key(ec.SECP256R1())
-        self.root = self._sign(_name("certstore test root"), self.root_key.public_key(), _name("certstore test root"),
-                               self.root_key, now, ca=True)
+        self.root = self._sign(
+            _name("certstore test root"),
+            self.root_key.public_key(),
+            _name("certstore test root"),
+            self.root_key,
+            now,
+            ca=True,
+        )
         self.int_key = ec.generate_private_key(ec.SECP256R1())
-        self.intermediate = self._sign(_name("certstore test intermediate"), self.int_key.public_key(),
-                                       _name("certstore test root"), self.root_key, now, ca=True)
+        self.intermediate = self._sign(
+            _name("certstore test intermediate"),
+            self.int_key.public_key(),
+            _name("certstore test root"),
+            self.root_key,
+            now,
+            ca=True,
+        )
 
     @staticmethod
-    def _sign(subject: x509.Name, public_key: Any, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
-              now: datetime, *, ca: bool, names: Sequence[str] = (), days: int = 30) -> x509.Certificate:
+    def _sign(
+        subject: x509.Name,
+        public_key: Any,
+        issuer: x509.Name,
+        signer: ec.EllipticCurvePrivateKey,
+        now: datetime,
+        *,
+        ca: bool,
+        names: Sequence[str] = (),
+        days: int = 30,
+    ) -> x509.Certificate:
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -77,8 +98,9 @@ class TestCA:
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         )
         if names:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-                                            critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+            )
         return builder.sign(signer, hashes.SHA256())
 
     @property
@@ -91,8 +113,16 @@ class TestCA:
             key_pem = _key_pem(ec.generate_private_key(ec.SECP256R1()))
         key = serialization.load_pem_private_key(key_pem, None)
         now = datetime.now(UTC)
-        leaf = self._sign(_name(names[0]), key.public_key(), self.intermediate.subject, self.int_key, now,
-                          ca=False, names=names, days=days)
+        leaf = self._sign(
+            _name(names[0]),
+            key.public_key(),
+            self.intermediate.subject,
+            self.int_key,
+            now,
+            ca=False,
+            names=names,
+            days=days,
+        )
         leaf_pem = leaf.public_bytes(serialization.Encoding.PEM)
         der = leaf.public_bytes(serialization.Encoding.DER)
         return Issued(
@@ -107,12 +137,24 @@ class TestCA:
 
 def request_doc(name: str, hostnames: Sequence[str], servers: Sequence[str], **fields: Any) -> dict[str, Any]:
     """A ``credential:<name>`` document."""
-    return {"_id": ids.credential_id(name), "type": ids.KIND_CREDENTIAL, "hostnames": list(hostnames),
-            "servers": list(servers), **fields}
+    return {
+        "_id": ids.credential_id(name),
+        "type": ids.KIND_CREDENTIAL,
+        "hostnames": list(hostnames),
+        "servers": list(servers),
+        **fields,
+    }
 
 
-def state_doc(name: str, issued: Issued, recipients: Mapping[str, PublicKey], *, status: str = "issued",
-              sealed: Any = None, **fields: Any) -> dict[str, Any]:
+def state_doc(
+    name: str,
+    issued: Issued,
+    recipients: Mapping[str, PublicKey],
+    *,
+    status: str = "issued",
+    sealed: Any = None,
+    **fields: Any,
+) -> dict[str, Any]:
     """A ``credential:<name>:state`` document carrying ``issued``, its key sealed for ``recipients``."""
     return {
         "_id": ids.credential_state_id(name),

@@ -2,7 +2,8 @@
 
 The compose file is parsed and every reference in it is followed into the repository: build contexts,
 bind-mounted files, named volumes, the scripts the containers run, and every ``certstore`` command
-(in ``entrypoint``/``command``, in the scripts under docker/ and in docs/deploy-docker.md), which is
+(in ``entrypoint``/``command``, in the scripts under docker/ and in docs/deploy-docker.md and
+docs/fauxton.md), which is
 resolved against the real typer app: the subcommand path must exist and each ``--option`` must be
 one that command declares. The settings that must agree across files (the agent config, pebble's
 HTTP-01 port, the dry run's DNS answer, the secrets volumes) are compared too.
@@ -31,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DEPLOY_DOC = ROOT / "docs" / "deploy-docker.md"
+#: Documentation whose `certstore ...` command lines are checked like the compose file's.
+DOCS = (DEPLOY_DOC, ROOT / "docs" / "fauxton.md")
 ENV_EXAMPLE = ROOT / "docker" / "env.example"
 #: Where the Dockerfile puts the repository inside the image (its WORKDIR for `COPY ... ./`).
 IMAGE_SOURCE = PurePosixPath("/opt/certstore")
@@ -197,10 +200,10 @@ def service_scripts(service: dict[str, Any]) -> list[Path]:
     return [repo_path(arg) for arg in entrypoint[1:2] if arg.startswith(f"{IMAGE_SOURCE}/")]
 
 
-def doc_calls() -> list[list[str]]:
-    """`docker compose run --rm cli ...` and `certstore ...` lines in docs/deploy-docker.md."""
+def doc_calls(doc: Path) -> list[list[str]]:
+    """The `docker compose run --rm cli ...` and `certstore ...` lines of a document."""
     calls = []
-    for line in DEPLOY_DOC.read_text().splitlines():
+    for line in doc.read_text().splitlines():
         line = strip_comment(line.strip())
         for prefix in ("docker compose run --rm cli ", "certstore "):
             if line.startswith(prefix):
@@ -236,7 +239,8 @@ def all_calls() -> list[tuple[str, list[str]]]:
         scripts.update(script for script in service_scripts(service) if script.suffix == ".sh")
     for script in sorted(scripts):
         found += [(str(script.relative_to(ROOT)), call) for call in script_calls(script.read_text())]
-    found += [("docs/deploy-docker.md", call) for call in doc_calls()]
+    for doc in DOCS:
+        found += [(str(doc.relative_to(ROOT)), call) for call in doc_calls(doc)]
     return found
 
 

@@ -94,10 +94,22 @@ reload_hook = "missing"
         load_config(write(tmp_path, bad), env={"CERTSTORE_AGENT_FILES_KEEP_REMOVED": "maybe"})
     fields = {p.field for p in info.value.problems}
     assert fields >= {
-        "server", "url", "state_dir", "data_dir", "heartbeat_interval", "colour", "responder.listen",
-        "responder.advertise", "files.owner", "files.keep_versions", "files.p12_password_file",
-        "hooks.bad.command", "hooks.bad.timeout", "credentials.site.live_check",
-        "credentials.site.reload_hook", "files.keep_removed",
+        "server",
+        "url",
+        "state_dir",
+        "data_dir",
+        "heartbeat_interval",
+        "colour",
+        "responder.listen",
+        "responder.advertise",
+        "files.owner",
+        "files.keep_versions",
+        "files.p12_password_file",
+        "hooks.bad.command",
+        "hooks.bad.timeout",
+        "credentials.site.live_check",
+        "credentials.site.reload_hook",
+        "files.keep_removed",
     }
     assert "ftp://x" in str(info.value)
 

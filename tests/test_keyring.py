@@ -26,8 +26,15 @@ def ca() -> TestCA:
 
 def material(issued: Issued, name: str = "site") -> KeyMaterial:
     info = certificate_info(issued.chain[0])
-    return KeyMaterial(name, issued.key_pem, issued.chain, info.serial_hex, info.names, info.not_after,
-                       info.fingerprint_sha256)
+    return KeyMaterial(
+        name,
+        issued.key_pem,
+        issued.chain,
+        info.serial_hex,
+        info.names,
+        info.not_after,
+        info.fingerprint_sha256,
+    )
 
 
 def keyring(tmp_path: Path, **kwargs: object) -> Keyring:
@@ -99,7 +106,12 @@ def test_rollback_without_previous_removes_the_link(ca: TestCA, tmp_path: Path) 
     assert ring.current("site") is None and ring.live_keyfiles() == []
 
 
-STEPS = [f"write:{name}" for name in KEYRING_FILES] + ["rename-version", "symlink", "replace-link", "fsync-live"]
+STEPS = [f"write:{name}" for name in KEYRING_FILES] + [
+    "rename-version",
+    "symlink",
+    "replace-link",
+    "fsync-live",
+]
 
 
 @pytest.mark.parametrize("step", STEPS)

@@ -1,4 +1,4 @@
-"""Every path the agent writes is built in agent/paths.py: hostile names are refused, good ones stay inside."""
+"""Every path the agent writes is built in agent/paths.py: hostile names refused, good ones kept inside."""
 
 from __future__ import annotations
 

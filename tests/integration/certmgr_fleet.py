@@ -98,8 +98,15 @@ class Fleet:
 
     def single_host(self, replica_server: Any, replica_db: str, tmp_path: Path, port: int) -> Host:
         """web1 on its own replica, answering HTTP-01 on 127.0.0.1:``port``."""
-        return add_host(self, "web1", replica_server, replica_db, tmp_path, responder_host="127.0.0.1",
-                        responder_port=port)
+        return add_host(
+            self,
+            "web1",
+            replica_server,
+            replica_db,
+            tmp_path,
+            responder_host="127.0.0.1",
+            responder_port=port,
+        )
 
     def close(self) -> None:
         for stop in reversed(self.stops):
@@ -208,8 +215,9 @@ def running_agent(host: Host, config: AgentConfig, **kwargs: Any) -> Iterator[Ho
     agent = HostAgent(config, host.db, **kwargs)
     stop = threading.Event()
     ready = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), kwargs={"ready": ready.set},
-                              name=f"agent-{host.name}", daemon=True)
+    thread = threading.Thread(
+        target=agent.run, args=(stop,), kwargs={"ready": ready.set}, name=f"agent-{host.name}", daemon=True
+    )
     thread.start()
     try:
         assert ready.wait(30), f"agent {host.name} did not start"

@@ -19,7 +19,6 @@ from agent.admin import add_account, add_credential
 from agent.cli_agent import agent_status
 from agent.config import AgentConfig, HookConfig
 from agent.errors import CertificateError
-from agent.hostagent import HostAgent
 from agent.keys import certificate_info, key_matches_certificate
 from agent.paths import KEYRING_FILES, SECRET_FILES
 from store import ids
@@ -87,16 +86,23 @@ def test_issued_certificate_lands_on_every_agent_with_access_and_none_without(
         running_agent(hosts["web3"], configs["web3"]),
     ):
         # Heartbeats (with the responder URL) reach the hub through each replica.
-        assert wait_for(lambda: all((fleet.hub.get_or_none(ids.server_id(n)) or {}).get("responder_url")
-                                    for n in hosts), 20)
-        add_credential(fleet.hub, "site", ["www.example.com", "example.com"], servers=["web1", "web2"],
-                       account="pebble")
+        assert wait_for(
+            lambda: all((fleet.hub.get_or_none(ids.server_id(n)) or {}).get("responder_url") for n in hosts),
+            20,
+        )
+        add_credential(
+            fleet.hub, "site", ["www.example.com", "example.com"], servers=["web1", "web2"], account="pebble"
+        )
         with running_certmgr(fleet, str(pebble.ca_file)):
             state = fleet.wait_status("site", Status.ISSUED, Status.ERROR)
             issued_at = time.monotonic()
             assert state.status is Status.ISSUED, state.status_message
-            assert wait_for(lambda: all(live_fingerprint(configs[n], "site") == state.fingerprint_sha256
-                                        for n in ("web1", "web2")), 15)
+            assert wait_for(
+                lambda: all(
+                    live_fingerprint(configs[n], "site") == state.fingerprint_sha256 for n in ("web1", "web2")
+                ),
+                15,
+            )
             latency = time.monotonic() - issued_at
         print(f"issued → deployed on web1 and web2 in {latency:.2f}s")
         for name in ("web1", "web2"):
@@ -110,7 +116,10 @@ def test_issued_certificate_lands_on_every_agent_with_access_and_none_without(
         web1.write_status_file()
         status = agent_status(configs["web1"])
         assert status["held"]["site"]["serial"] == state.serial and status["held"]["site"]["problems"] == []
-        assert status["database"]["reachable"] and status["database"]["deployments"]["site"]["state"] == "deployed"
+        assert (
+            status["database"]["reachable"]
+            and status["database"]["deployments"]["site"]["state"] == "deployed"
+        )
         assert status["agent"]["credentials"]["site"]["state"] == "deployed"
 
 
@@ -163,8 +172,9 @@ def test_bad_documents_deploy_nothing_and_say_why(
         issued = ca.issue(["tampered.example.com"])
         put(db, request_doc("tampered", ["tampered.example.com"], ["web1"]))
         sealed = state_doc("tampered", issued, {"web1": host.key.public_key})["sealed_key"]
-        sealed["ciphertext"] = sealed["ciphertext"][:-8] + ("A" * 8 if not sealed["ciphertext"].endswith("A" * 8)
-                                                             else "B" * 8)
+        sealed["ciphertext"] = sealed["ciphertext"][:-8] + (
+            "A" * 8 if not sealed["ciphertext"].endswith("A" * 8) else "B" * 8
+        )
         put(db, state_doc("tampered", issued, {"web1": host.key.public_key}, sealed=sealed))
         # A certificate that does not match the sealed key (key of another certificate).
         cert = ca.issue(["mismatch.example.com"])
@@ -206,9 +216,13 @@ def test_failing_hook_rolls_back_and_a_good_one_runs(
     host = direct_host(couch_server, db_name, tmp_path)
     flag = tmp_path / "hook-fails"
     log_file = tmp_path / "hook.log"
-    code = (f"import os, sys; open({str(log_file)!r}, 'a').write(os.environ['CERTSTORE_KEYFILE'] + '\\n'); "
-            f"sys.exit(1 if os.path.exists({str(flag)!r}) else 0)")
-    config = agent_config(host, tmp_path, hooks={"reload": HookConfig("reload", (sys.executable, "-c", code))})
+    code = (
+        f"import os, sys; open({str(log_file)!r}, 'a').write(os.environ['CERTSTORE_KEYFILE'] + '\\n'); "
+        f"sys.exit(1 if os.path.exists({str(flag)!r}) else 0)"
+    )
+    config = agent_config(
+        host, tmp_path, hooks={"reload": HookConfig("reload", (sys.executable, "-c", code))}
+    )
     with running_agent(host, config):
         first = publish(host.db, ca, host, "site", ["www.example.com"], reload_hook="reload")
         assert wait_for(lambda: deploy_doc(host.db, "web1", "site").get("hook_result", {}).get("ok"), 10)
@@ -237,7 +251,9 @@ def test_drift_is_repaired_and_removal_follows_access(
         (live / "privkey.pem").unlink()
         assert wait_for(lambda: (live / "privkey.pem").exists() and agent.drift_repairs == 1, 10)
         (live / "cert.pem").write_text("edited by hand\n")
-        assert wait_for(lambda: live_fingerprint(config, "site") == fingerprint and agent.drift_repairs == 2, 10)
+        assert wait_for(
+            lambda: live_fingerprint(config, "site") == fingerprint and agent.drift_repairs == 2, 10
+        )
         assert_complete(config, "site")
         assert wait_for(lambda: deploy_doc(host.db, "web1", "site").get("drift_repairs") == 2, 10)
         # The server loses access: the files go, the doc says so.
@@ -263,8 +279,15 @@ def test_offline_keeps_files_and_challenges_then_catches_up(
     key_auth = token + "." + "A" * 43
     with running_agent(host, config) as agent:
         fingerprint = publish(host.db, ca, host, "site", ["www.example.com"])
-        host.db.put({"_id": ids.challenge_id(token), "type": "acme_challenge", "key_authorization": key_auth,
-                     "hostnames": ["www.example.com"], "expires": "2099-01-01T00:00:00Z"})
+        host.db.put(
+            {
+                "_id": ids.challenge_id(token),
+                "type": "acme_challenge",
+                "key_authorization": key_auth,
+                "hostnames": ["www.example.com"],
+                "expires": "2099-01-01T00:00:00Z",
+            }
+        )
         assert wait_for(lambda: live_fingerprint(config, "site") == fingerprint, 10)
         assert agent.responder is not None
         url = f"{agent.responder.url}/.well-known/acme-challenge/{token}"
@@ -280,8 +303,13 @@ def test_offline_keeps_files_and_challenges_then_catches_up(
         renewed = ca.issue(["www.example.com"])
         put(host.db, state_doc("site", renewed, {"web1": host.key.public_key}))
         second = publish(host.db, ca, host, "second", ["second.example.com"])
-        assert wait_for(lambda: live_fingerprint(config, "site") == renewed.fingerprint
-                        and live_fingerprint(config, "second") == second, 30)
+        assert wait_for(
+            lambda: (
+                live_fingerprint(config, "site") == renewed.fingerprint
+                and live_fingerprint(config, "second") == second
+            ),
+            30,
+        )
         assert httpx.get(url).text == key_auth
 
 
@@ -293,17 +321,22 @@ def test_restart_resumes_from_the_checkpoint(
     with running_agent(host, config):
         first = publish(host.db, ca, host, "site", ["www.example.com"])
         gone = publish(host.db, ca, host, "gone", ["gone.example.com"])
-        assert wait_for(lambda: live_fingerprint(config, "site") == first and live_fingerprint(config, "gone")
-                        == gone, 10)
+        assert wait_for(
+            lambda: live_fingerprint(config, "site") == first and live_fingerprint(config, "gone") == gone, 10
+        )
     assert config.state_dir.joinpath("agent-checkpoint.json").exists()
     # While the agent is down: a renewal, a removal and a new credential.
     renewed = ca.issue(["www.example.com"])
     put(host.db, state_doc("site", renewed, {"web1": host.key.public_key}))
     put(host.db, request_doc("gone", ["gone.example.com"], []))
     third = publish(host.db, ca, host, "third", ["third.example.com"])
-    agent = HostAgent(config, host.db)
     with running_agent(host, config) as agent:
-        assert wait_for(lambda: live_fingerprint(config, "site") == renewed.fingerprint
-                        and live_fingerprint(config, "third") == third
-                        and live_fingerprint(config, "gone") is None, 15)
+        assert wait_for(
+            lambda: (
+                live_fingerprint(config, "site") == renewed.fingerprint
+                and live_fingerprint(config, "third") == third
+                and live_fingerprint(config, "gone") is None
+            ),
+            15,
+        )
         assert agent.follower is not None

@@ -28,9 +28,17 @@ KILLS = 15
 def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", "from agent.cli import main; main()", "agent", "run", "--config",
-             str(config_path)],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-c",
+                "from agent.cli import main; main()",
+                "agent",
+                "run",
+                "--config",
+                str(config_path),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -72,10 +80,18 @@ def test_sigkill_during_deploys_never_leaves_a_torn_set(
         try:
             before = (host.db.get_or_none(ids.server_id("web1")) or {}).get("heartbeat")
             # Following once the heartbeat moves; then new certificates arrive and the kill falls among them.
-            assert wait_for(lambda b=before: (host.db.get_or_none(ids.server_id("web1")) or {})  # type: ignore[misc]
-                            .get("heartbeat") != b, 20), log.read_text()[-2000:]
+            assert wait_for(
+                lambda b=before: (
+                    (host.db.get_or_none(ids.server_id("web1")) or {})  # type: ignore[misc]
+                    .get("heartbeat")
+                    != b
+                ),
+                20,
+            ), log.read_text()[-2000:]
             latest = write_states()
-            time.sleep(rng.uniform(0.0, 0.25))  # the kill instant is random on purpose: no condition to wait for
+            time.sleep(
+                rng.uniform(0.0, 0.25)
+            )  # the kill instant is random on purpose: no condition to wait for
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

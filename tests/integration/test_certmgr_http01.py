@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from certmgr_fleet import Fleet, add_host, make_fleet, running_certmgr
 
 from agent.admin import add_account, add_credential
 from agent.keys import key_matches_certificate, split_chain, verify_chain
-from certmgr_fleet import Fleet, add_host, make_fleet, running_certmgr
 from store import ids
 from store.names import Status
 from store.sealing import open_private_key_pem
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def fleet(couch_servers: Any, db_name: str, tmp_path: Path) -> Iterator[Fleet]:
-    hub_server, replica_server = couch_servers(2)
+    hub_server = couch_servers(2)[0]
     made = make_fleet(hub_server, db_name, tmp_path)
     yield made
     made.close()
@@ -31,17 +31,34 @@ def test_multi_san_idn_certificate_over_http01_served_by_two_replicas(
 ) -> None:
     _hub, replica_server = couch_servers(2)
     # Each server answers on its own loopback address, the port pebble validates on.
-    web1 = add_host(fleet, "web1", replica_server, replica_server.db_name(db_name + "-web1"), tmp_path,
-                    responder_host="127.0.0.1", responder_port=pebble.http_port)
-    web2 = add_host(fleet, "web2", replica_server, replica_server.db_name(db_name + "-web2"), tmp_path,
-                    responder_host="127.0.0.2", responder_port=pebble.http_port)
+    web1 = add_host(
+        fleet,
+        "web1",
+        replica_server,
+        replica_server.db_name(db_name + "-web1"),
+        tmp_path,
+        responder_host="127.0.0.1",
+        responder_port=pebble.http_port,
+    )
+    web2 = add_host(
+        fleet,
+        "web2",
+        replica_server,
+        replica_server.db_name(db_name + "-web2"),
+        tmp_path,
+        responder_host="127.0.0.2",
+        responder_port=pebble.http_port,
+    )
     challtestsrv.set_a("xn--bcher-kva.example", ["127.0.0.2"])
     challtestsrv.set_a("shop.example", ["127.0.0.2"])
 
     add_account(fleet.hub, "pebble", pebble.directory_url, email="admin@example.com", agree_tos=True)
     credential = add_credential(
-        fleet.hub, "site", ["www.example.com", "Bücher.example", "shop.example"],
-        servers=["web1", "web2"], account="pebble",
+        fleet.hub,
+        "site",
+        ["www.example.com", "Bücher.example", "shop.example"],
+        servers=["web1", "web2"],
+        account="pebble",
     )
     assert credential.hostnames == ["www.example.com", "xn--bcher-kva.example", "shop.example"]
 
@@ -66,10 +83,24 @@ def test_unreachable_server_is_named_and_the_loop_goes_on(
     fleet: Fleet, couch_servers: Any, db_name: str, pebble: Any, tmp_path: Path
 ) -> None:
     _hub, replica_server = couch_servers(2)
-    add_host(fleet, "web1", replica_server, replica_server.db_name(db_name + "-web1"), tmp_path,
-             responder_host="127.0.0.1", responder_port=pebble.http_port)
-    lagging = add_host(fleet, "web3", replica_server, replica_server.db_name(db_name + "-web3"), tmp_path,
-                       responder_host="127.0.0.3", responder_port=pebble.http_port)
+    add_host(
+        fleet,
+        "web1",
+        replica_server,
+        replica_server.db_name(db_name + "-web1"),
+        tmp_path,
+        responder_host="127.0.0.1",
+        responder_port=pebble.http_port,
+    )
+    lagging = add_host(
+        fleet,
+        "web3",
+        replica_server,
+        replica_server.db_name(db_name + "-web3"),
+        tmp_path,
+        responder_host="127.0.0.3",
+        responder_port=pebble.http_port,
+    )
     assert lagging.responder is not None
     lagging.responder.stop()  # web3 advertises a responder that does not answer
     add_account(fleet.hub, "pebble", pebble.directory_url, agree_tos=True)
@@ -84,7 +115,9 @@ def test_unreachable_server_is_named_and_the_loop_goes_on(
         no_account = fleet.wait_status("no-account", Status.ERROR)
         lag = fleet.wait_status("lagging", Status.ERROR)
         # The loop still serves the rest: a good credential issues after the failures.
-        fleet.hosts["web3"].db.delete(ids.server_id("web3"), fleet.hosts["web3"].db.get(ids.server_id("web3"))["_rev"])
+        fleet.hosts["web3"].db.delete(
+            ids.server_id("web3"), fleet.hosts["web3"].db.get(ids.server_id("web3"))["_rev"]
+        )
         add_credential(fleet.hub, "good", ["ok.example.com"], servers=["web1"], account="pebble")
         good = fleet.wait_status("good", Status.ISSUED, Status.ERROR)
     assert 'unknown server "web9"' in (unknown.status_message or "")

@@ -20,6 +20,7 @@ from agent.keys import key_matches_certificate, load_certificate, split_chain, v
 from agent.responder import Responder
 from store.documents import TlsCredentialState
 from store.follower import wait_for
+from store.localservices import free_port
 from store.names import Status
 from store.sealing import open_private_key_pem
 
@@ -60,8 +61,9 @@ def is_revoked(pebble: Any, serial_hex: str) -> bool:
 )
 def test_key_types(fleet: Fleet, pebble: Any, key_type: str, check: Any) -> None:
     add_account(fleet.hub, "pebble", pebble.directory_url, agree_tos=True)
-    add_credential(fleet.hub, "typed", ["typed.example.com"], servers=["web1"], account="pebble",
-                   key_type=key_type)
+    add_credential(
+        fleet.hub, "typed", ["typed.example.com"], servers=["web1"], account="pebble", key_type=key_type
+    )
     with running_certmgr(fleet, str(pebble.ca_file)):
         state = fleet.wait_status("typed", Status.ISSUED, Status.ERROR)
     assert state.status is Status.ISSUED, state.status_message
@@ -157,7 +159,10 @@ def test_wildcard_and_apex_over_dns01_with_rfc2136_and_tsig(
     ca = pebble_factory(dns_server=bind.address)
     add_account(fleet.hub, "pebble", ca.directory_url, agree_tos=True)
     add_dns_provider(
-        fleet.hub, "bind", "rfc2136", ["example.org"],
+        fleet.hub,
+        "bind",
+        "rfc2136",
+        ["example.org"],
         options={"server": bind.address, "tsig_key_name": bind.tsig_key_name, "nameservers": [bind.address]},
         secrets={"tsig_secret": bind.tsig_secret},
     )
@@ -171,3 +176,24 @@ def test_wildcard_and_apex_over_dns01_with_rfc2136_and_tsig(
     assert sorted(names.get_values_for_type(x509.DNSName)) == ["*.example.org", "example.org"]
     assert "wildcard" in (nodns.status_message or "") and "dns-01" in (nodns.status_message or "")
     assert bind.tsig_secret not in str(fleet.hub.get("dns:bind"))
+
+
+def test_acme_failures_end_as_statuses_and_the_loop_goes_on(
+    fleet: Fleet, pebble: Any, challtestsrv: Any
+) -> None:
+    add_account(fleet.hub, "pebble", pebble.directory_url, agree_tos=True)
+    add_account(fleet.hub, "down", f"https://127.0.0.1:{free_port()}/dir", agree_tos=True)
+    # The fleet serves the token, but the name points at 127.0.0.9 where nobody answers: the CA fails.
+    challtestsrv.set_a("nobody.example.com", ["127.0.0.9"])
+    add_credential(fleet.hub, "refused", ["nobody.example.com"], servers=["web1"], account="pebble")
+    add_credential(fleet.hub, "offline-ca", ["ca.example.com"], servers=["web1"], account="down")
+    add_credential(fleet.hub, "fine", ["fine.example.com"], servers=["web1"], account="pebble")
+    with running_certmgr(fleet, str(pebble.ca_file)):
+        refused = fleet.wait_status("refused", Status.ERROR)
+        offline = fleet.wait_status("offline-ca", Status.ERROR)
+        fine = fleet.wait_status("fine", Status.ISSUED, Status.ERROR)
+    assert "could not validate nobody.example.com" in (refused.status_message or "")
+    assert "127.0.0.9" in (refused.status_message or "")
+    assert "cannot reach the ACME CA" in (offline.status_message or "")
+    assert refused.next_attempt is not None and refused.failures == 1
+    assert fine.status is Status.ISSUED, fine.status_message

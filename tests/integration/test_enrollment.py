@@ -96,8 +96,10 @@ def test_access_changes_reseal_on_add_and_rekey_on_removal(db: Database, tmp_pat
     servers = servers_in(db, "certmgr", "web1", "web2")
     key = pem_key()
     recipients = {n: public_key_from_b64(servers[n].public_key or "") for n in ("certmgr", "web1")}
-    state = TlsCredentialState(name="site", status=Status.PENDING, sealed_key=dict(seal_private_key_pem(key, recipients)),
-                               recipients=["certmgr", "web1"])
+    sealed = dict(seal_private_key_pem(key, recipients))
+    state = TlsCredentialState(
+        name="site", status=Status.PENDING, sealed_key=sealed, recipients=["certmgr", "web1"]
+    )
     ciphertext = state.sealed_key["ciphertext"] if state.sealed_key else None
 
     widened = TlsCredential.create("site", ["www.example.com"], servers=["web1", "web2"])

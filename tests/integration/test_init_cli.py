@@ -72,7 +72,8 @@ def test_server_user_is_created_once_and_can_enroll(couch_server: Any, db_name: 
     if made.returncode != 0 and "already exists" in made.stderr:
         made = certstore("server", "add-user", "web1", "--url", couch_server.admin_url, "--reset-password")
     assert made.returncode == 0, made.stderr
-    fields = dict(line.split(":", 1) for line in made.stdout.splitlines() if line.startswith(("user", "password")))
+    lines = [line for line in made.stdout.splitlines() if line.startswith(("user", "password"))]
+    fields = dict(line.split(":", 1) for line in lines)
     user, password = fields["user"].strip(), fields["password"].strip()
     again = certstore("server", "add-user", "web1", "--url", couch_server.admin_url)
     assert_one_line_error(again, "already exists", "--reset-password")
