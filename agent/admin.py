@@ -162,6 +162,25 @@ def add_account(
     return account
 
 
+def request_rollover(db: Database, name: str, *, at: datetime | None = None) -> AcmeAccount:
+    """Set ``rollover`` on ``account:<name>``: the certmgr replaces the account key once."""
+    doc_id = ids.account_id(name)
+    for _attempt in range(5):
+        try:
+            account = AcmeAccount.from_doc(db.get(doc_id))
+        except NotFound:
+            raise ValidationError(f"there is no ACME account {name!r} ({doc_id})", doc_id=doc_id) from None
+        account.rollover = at or utcnow()
+        doc = account.validated().to_doc()
+        try:
+            db.put(doc)
+        except Conflict:
+            continue
+        account.rev = doc["_rev"]
+        return account
+    raise ValidationError(f"{doc_id} keeps changing; try again")
+
+
 def add_dns_provider(
     db: Database,
     name: str,

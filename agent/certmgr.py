@@ -210,7 +210,11 @@ class Certmgr:
         thread = run_in_thread(follower, "certmgr-feed")
         pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="certmgr-order")
         # Whoever sets ``stop`` (a signal handler, a test) also wakes the loop at once.
-        threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True).start()
+        def wake_on_stop() -> None:
+            stop.wait()
+            self._wake.set()
+
+        threading.Thread(target=wake_on_stop, daemon=True).start()
         last_scan = 0.0
         waiting_logged = False
         try:
@@ -232,6 +236,8 @@ class Certmgr:
                 self._wake.clear()
                 for name, plan in self._collect():
                     self._start(pool, name, plan)
+                for account in self._accounts_to_roll_over():
+                    self._start_account(pool, account)
                 self._wake.wait(min(self.settings.lease_ttl.total_seconds() / 3, self._next_timer_s()))
         finally:
             follower.stop()
@@ -292,6 +298,42 @@ class Certmgr:
                 self._in_flight.discard(name)
                 self._dirty.add(name)  # look again: the state just changed
             self._wake.set()
+
+    def _start_account(self, pool: ThreadPoolExecutor, account: str) -> None:
+        key = ids.account_id(account)  # cannot collide with a credential name (no ":" in names)
+        with self._lock:
+            if key in self._in_flight:
+                return
+            self._in_flight.add(key)
+        pool.submit(self._account_job, account, key)
+
+    def _account_job(self, account: str, key: str) -> None:
+        try:
+            if self.lease.held:
+                self.roll_over(account)
+        except CertstoreError as exc:
+            log.warning("account %s: key rollover failed: %s", account, exc)
+            self._account_message(account, f"key rollover failed: {exc}")
+        except Exception:
+            log.exception("account %s: unexpected failure", account)
+        finally:
+            with self._lock:
+                self._in_flight.discard(key)
+
+    def _accounts_to_roll_over(self) -> list[str]:
+        """Accounts whose ``rollover`` request is newer than the last one carried out."""
+        due = []
+        for doc in self.mirror.of_kind(ids.KIND_ACCOUNT):
+            try:
+                account = AcmeAccount.from_doc(doc)
+                state_doc = self.mirror.get(ids.account_state_id(account.name))
+                state = AcmeAccountState.from_doc(state_doc) if state_doc else None
+            except ValidationError:
+                continue
+            if state is not None and state.account_url and _newer(account.rollover, state.rolled_over):
+                if state.status_message is None or not state.status_message.startswith("key rollover failed"):
+                    due.append(account.name)
+        return due
 
     # --- deciding -------------------------------------------------------------------------------
 
@@ -549,6 +591,40 @@ class Certmgr:
                 self._put_model(state)
             self._issuers[key] = issuer
             return issuer
+
+    def roll_over(self, account: str) -> None:
+        """Replace the account's key (RFC 8555 key change), crash-safe: the new key is sealed and
+        stored before the CA hears of it, so a certmgr killed half-way finishes the job next time."""
+        request = AcmeAccount.from_doc(self.db.get(ids.account_id(account)))
+        issuer = self.issuer_for(account)
+        state = AcmeAccountState.from_doc(self.db.get(ids.account_state_id(account)))
+        if not _newer(request.rollover, state.rolled_over):
+            return
+        resumed = state.sealed_next_key is not None
+        if state.sealed_next_key is None:
+            state.sealed_next_key = dict(seal(generate_account_key(), [self.host_key.public_key]))
+            self._put_model(state)
+        new_key = load_account_key(open_envelope(state.sealed_next_key, self.host_key))
+        try:
+            issuer.rollover_account_key(new_key)
+        except AcmeError:
+            # A rollover cut short after the CA switched keys: the new key already finds the account.
+            probe = AcmeIssuer(request.directory_url, new_key, ca_bundle=self.settings.ca_bundle)
+            if not resumed or probe.account().uri != state.account_url:
+                raise
+            with self._issuer_lock:
+                self._issuers[(account, request.directory_url)] = probe
+        state.sealed_key, state.sealed_next_key = state.sealed_next_key, None
+        state.rolled_over = request.rollover
+        state.status_message = f"account key rolled over at {self.clock():%Y-%m-%d %H:%M:%S}Z"
+        self._put_model(state)
+        log.info("account %s: key rolled over", account)
+
+    def _account_message(self, account: str, message: str) -> None:
+        doc = self.db.get_or_none(ids.account_state_id(account))
+        state = AcmeAccountState.from_doc(doc) if doc else AcmeAccountState(name=account)
+        state.status_message = message
+        self._put_model(state)
 
     def _put_model(self, model: AcmeAccountState) -> None:
         doc = model.validated().to_doc()

@@ -149,6 +149,14 @@ def account_add(
     out.print(f"wrote {account.doc_id} ({account.directory_url})")
 
 
+@account_app.command("rollover")
+def account_rollover(name: NameArg, url: UrlOpt, db: DbOpt = DEFAULT_DB) -> None:
+    """Replace the account's key at the CA (the certmgr does it once and records it)."""
+    with CouchClient(url) as client:
+        admin.request_rollover(client.db(db), name)
+    out.print(f"asked the certmgr to roll over the key of {ids.account_id(name)}")
+
+
 @dns_app.command("add")
 def dns_add(
     name: NameArg,

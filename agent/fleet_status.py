@@ -293,7 +293,8 @@ def _worst(verdicts: list[tuple[Light, str]]) -> tuple[Light, tuple[str, ...]]:
 def _credential(name: str, docs: _Docs, now: datetime, limits: Thresholds) -> CredentialStatus:
     request = docs.requests.get(name)
     state = docs.states.get(name)
-    access = request.servers if request is not None else (state.recipients if state is not None else [])
+    # Without its request nobody has access any more: every deploy document left is then "no-access".
+    access = request.servers if request is not None else []
     hostnames = request.hostnames if request is not None else (state.hostnames if state is not None else [])
     serial = state.serial if state is not None else None
     deployments = _deployments(access, docs.deployments.get(name, {}), serial)

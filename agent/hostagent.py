@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -337,6 +338,7 @@ class HostAgent:
         self._held: dict[str, Held] = {}
         self._reports: dict[str, Report] = {}
         self._failed: dict[str, str] = {}  # credential -> fingerprint whose reload hook failed
+        self._need_state: set[str] = set()  # requests learnt while catching up, state not seen yet
         self.drift_repairs = 0
         self.reporter = Reporter(self, db, heartbeat_interval=config.heartbeat_interval)
         self.follower: ChangesFollower | None = None
@@ -372,6 +374,8 @@ class HostAgent:
             return
         doc = None if change.deleted else change.doc
         with self._lock:
+            if self._need_state and not self._catching_up():
+                self.fetch_missing_states()  # left over from catch-up (the database was away then)
             if parsed.kind == ids.KIND_CREDENTIAL:
                 self._learn_request(parsed.name, doc)
             elif parsed.kind == ids.KIND_CREDENTIAL_STATE:
@@ -398,11 +402,43 @@ class HostAgent:
             return
         self._requests[name] = request
         if name not in self._states:
-            # The state may be earlier in the feed than this request (the request was edited after
-            # issuance); a CouchError here makes the follower retry this change after a backoff.
-            self._learn_state(name, self.db.get_or_none(ids.credential_state_id(name)))
+            if self._catching_up():
+                # Usually the state comes later in the feed; those that do not are read in bulk once
+                # caught up (one request per hundred instead of one per credential).
+                self._need_state.add(name)
+            else:
+                # The state may be earlier in the feed than this request (the request was edited after
+                # issuance); a CouchError here makes the follower retry this change after a backoff.
+                self._learn_state(name, self.db.get_or_none(ids.credential_state_id(name)))
+
+    def _catching_up(self) -> bool:
+        return self.follower is None or not self.follower.stats.caught_up.is_set()
+
+    def fetch_missing_states(self) -> None:
+        """Read the states of requests learnt during catch-up whose state the feed did not bring."""
+        with self._lock:
+            names = sorted(self._need_state)
+            for start in range(0, len(names), 100):
+                chunk = names[start : start + 100]
+                keys = [ids.credential_state_id(name) for name in chunk]
+                rows = self.db.all_docs(keys=keys, include_docs=True)["rows"]
+                docs = {row.get("key"): row.get("doc") for row in rows}
+                for name, key in zip(chunk, keys, strict=True):
+                    doc = docs.get(key)
+                    self._need_state.discard(name)
+                    if name in self._requests:
+                        self._learn_state(name, doc if isinstance(doc, dict) else None)
+                        self.reconcile(name)
+
+    def _on_caught_up(self, checkpoint: BatchingCheckpoint) -> None:
+        try:
+            self.fetch_missing_states()
+        except CouchError as exc:
+            log.warning("cannot read the remaining states yet: %s (retried with the next change)", exc)
+        checkpoint.flush()
 
     def _learn_state(self, name: str, doc: JSONDict | None) -> None:
+        self._need_state.discard(name)
         if doc is None:
             self._states.pop(name, None)
             return
@@ -413,6 +449,7 @@ class HostAgent:
             self._report(Report(name, "failed", error=f"the state document is invalid: {exc}"))
 
     def _forget(self, name: str) -> None:
+        self._need_state.discard(name)
         self._requests.pop(name, None)
         self._states.pop(name, None)
         self._failed.pop(name, None)
@@ -697,6 +734,7 @@ class HostAgent:
             )["rows"]
             for row in challenges:
                 apply_challenge_doc(self.challenges, row["id"], row.get("doc"), False)
+            self.fetch_missing_states()
             for name in sorted(set(self._requests) | set(self._held)):
                 self.reconcile(name)
 
@@ -771,7 +809,7 @@ class HostAgent:
                 self.handle,
                 checkpoint,
                 stop_event=stop_event,
-                on_caught_up=checkpoint.flush,
+                on_caught_up=partial(self._on_caught_up, checkpoint),
             )
             if ready is not None:
                 ready()

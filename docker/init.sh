@@ -2,7 +2,8 @@
 # The one-shot init service of docker-compose.yml: makes every CouchDB node ready for certstore.
 # Every step is idempotent, so it runs on each `docker compose up` and changes nothing the second time.
 #
-#   1. `certstore init` on the hub and on each server's node (database, design document, _security)
+#   1. on the hub and on each server's node: the system databases (docker/couch_setup.py), then
+#      `certstore init` (the certstore database, design document, _security, settings)
 #   2. a CouchDB user per server on its own node (`certstore server add-user`), and one for the
 #      certmgr on the hub; each password goes to that container's secrets volume (/secrets/<name>)
 #   3. continuous replication hub <-> each node (`certstore replicate add`, run by the node)
@@ -10,10 +11,12 @@
 # Environment: COUCHDB_USER, COUCHDB_PASSWORD (the nodes' admin), CERTSTORE_DB, CERTSTORE_SERVERS
 # (server names; node <name> is reachable as couch-<name>:5984), CERTSTORE_CERTMGR (the certmgr's name).
 set -euo pipefail
+shopt -s inherit_errexit  # a failing command inside $(...) stops the script too
 
 : "${COUCHDB_USER:?}" "${COUCHDB_PASSWORD:?}" "${CERTSTORE_SERVERS:?}" "${CERTSTORE_CERTMGR:?}"
 db=${CERTSTORE_DB:-certstore}
 owner=10001  # the certstore user of the image, which the agent and certmgr containers run as
+setup=$(dirname "$0")/couch_setup.py
 
 admin_url() {
     echo "http://${COUCHDB_USER}:${COUCHDB_PASSWORD}@couch-$1:5984"
@@ -22,6 +25,10 @@ admin_url() {
 # Writes a password file readable only by the containers' certstore user.
 save_password() {
     local file=/secrets/$1/password
+    if [ -z "$2" ]; then
+        echo "init: no password for $1" >&2
+        exit 1
+    fi
     install -d -m 0755 "/secrets/$1"
     (umask 077 && printf '%s\n' "$2" > "$file")
     chown "$owner" "$file"
@@ -36,6 +43,7 @@ new_password() {
 
 for node in hub $CERTSTORE_SERVERS; do
     echo "== couch-$node"
+    python3 "$setup" system-dbs "$(admin_url "$node")"
     certstore init --url "$(admin_url "$node")" --db "$db"
 done
 
@@ -43,7 +51,8 @@ for server in $CERTSTORE_SERVERS; do
     if [ -s "/secrets/$server/password" ]; then
         echo "server $server: user exists, password kept"
     else
-        save_password "$server" "$(new_password "$server" "$(admin_url "$server")")"
+        password=$(new_password "$server" "$(admin_url "$server")")
+        save_password "$server" "$password"
         echo "server $server: user created on couch-$server"
     fi
     certstore replicate add --hub "$(admin_url hub)" --replica "$(admin_url "$server")" \
@@ -53,23 +62,9 @@ done
 if [ -s "/secrets/$CERTSTORE_CERTMGR/password" ]; then
     echo "certmgr $CERTSTORE_CERTMGR: user exists, password kept"
 else
-    # `server add-user` gives a server's roles only; the certmgr also needs certstore-certmgr to
-    # write state, challenge and lease documents (CouchDB users are not replicated: hub only).
-    password=$(python3 - "$(admin_url hub)" "$CERTSTORE_CERTMGR" <<'PY'
-import secrets
-import sys
-
-from store.couch import CouchClient
-from store.enrollment import server_role, server_user
-from store.provision import ROLE_CERTMGR, ROLE_SERVER
-
-url, name = sys.argv[1:]
-password = secrets.token_urlsafe(24)
-with CouchClient(url) as client:
-    client.put_user(server_user(name), password, [ROLE_SERVER, server_role(name), ROLE_CERTMGR])
-print(password)
-PY
-)
+    # Not `server add-user`: the certmgr also needs the certstore-certmgr role. Users are not
+    # replicated, and the certmgr works on the hub.
+    password=$(python3 "$setup" certmgr-user "$(admin_url hub)" "$CERTSTORE_CERTMGR")
     save_password "$CERTSTORE_CERTMGR" "$password"
     echo "certmgr $CERTSTORE_CERTMGR: user created on couch-hub"
 fi

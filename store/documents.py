@@ -347,6 +347,8 @@ class AcmeAccount(Document):
     tos_agreed: bool = False
     eab_kid: str | None = None
     sealed_eab_hmac: Sealed | None = None
+    # An admin's request to replace the account key (RFC 8555 key change), carried out once.
+    rollover: datetime | None = None
 
     @property
     def doc_id(self) -> str:
@@ -361,6 +363,7 @@ class AcmeAccount(Document):
             tos_agreed=bool(r.flag("tos_agreed")),
             eab_kid=r.text("eab_kid", eab_kid_problem),
             sealed_eab_hmac=r.sealed("sealed_eab_hmac"),
+            rollover=r.timestamp("rollover"),
         )
         r.both_or_neither("eab_kid", "sealed_eab_hmac")
         return model
@@ -372,6 +375,7 @@ class AcmeAccount(Document):
             "tos_agreed": self.tos_agreed,
             "eab_kid": self.eab_kid,
             "sealed_eab_hmac": self.sealed_eab_hmac,
+            "rollover": self.rollover,
         }
 
 
@@ -539,6 +543,7 @@ class AcmeAccountState(Document):
     sealed_next_key: Sealed | None = None
     status_message: str | None = None
     directory_url: str | None = None
+    rolled_over: datetime | None = None  # the ``rollover`` request last carried out
 
     @property
     def doc_id(self) -> str:
@@ -554,6 +559,7 @@ class AcmeAccountState(Document):
             sealed_next_key=r.sealed("sealed_next_key"),
             status_message=r.text("status_message"),
             directory_url=r.text("directory_url", url_problem),
+            rolled_over=r.timestamp("rolled_over"),
         )
 
     def _fields(self) -> dict[str, Any]:
@@ -564,6 +570,7 @@ class AcmeAccountState(Document):
             "sealed_next_key": self.sealed_next_key,
             "status_message": self.status_message,
             "directory_url": self.directory_url,
+            "rolled_over": self.rolled_over,
         }
 
 

@@ -215,7 +215,7 @@ def resolve(call: list[str]) -> None:
     """Fail unless ``call`` (subcommand words, then options) is a command of the certstore CLI."""
     command: Any = typer.main.get_command(app)
     words = [token for token in call if not token.startswith("--")]
-    path = []
+    path: list[str] = []
     for word in words:
         children = getattr(command, "commands", None)
         if children is None:

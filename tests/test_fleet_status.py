@@ -190,12 +190,13 @@ def test_deployments_do_not_matter_before_issuance() -> None:
     assert only(from_docs(docs, NOW)).reasons == ("status is pending",)
 
 
-def test_a_state_without_its_request_uses_the_recipients_and_names() -> None:
-    docs = [state("gone", hostnames=["gone.example.com"]), deploy("web1", "gone"), deploy("web2", "gone")]
+def test_a_state_without_its_request_shows_what_is_left_deployed() -> None:
+    docs = [state("gone", hostnames=["gone.example.com"]), deploy("web1", "gone")]
     credential = only(from_docs(docs, NOW))
     assert not credential.requested
     assert credential.hostnames == ("gone.example.com",)
-    assert credential.servers == ("web1", "web2")
+    assert credential.servers == ()
+    assert [(d.server, d.state) for d in credential.deployments] == [("web1", DeployState.NO_ACCESS)]
     assert credential.reasons == ("the request (credential document) has been deleted",)
 
 
@@ -223,7 +224,7 @@ def test_servers_with_heartbeat_age_and_staleness() -> None:
 
 
 def test_an_empty_database_and_unrelated_documents() -> None:
-    docs = [
+    docs: list[dict[str, Any]] = [
         {"_id": "_design/certstore", "language": "javascript"},
         {"_id": "settings", "type": "settings"},
         {"_id": "lease:certmgr", "type": "lease", "holder": "x"},  # invalid, but not read by status

@@ -657,6 +657,7 @@ function (newDoc, oldDoc, userCtx, secObj) {
       r.flag('tos_agreed', false);
       r.text('eab_kid', eabKidProblem);
       r.sealed('sealed_eab_hmac');
+      r.text('rollover', timestampProblem);
       r.bothOrNeither('eab_kid', 'sealed_eab_hmac');
     },
     dns_provider: function (r) {
@@ -694,6 +695,7 @@ function (newDoc, oldDoc, userCtx, secObj) {
       r.sealed('sealed_next_key');
       r.text('status_message');
       r.text('directory_url', httpsProblem);
+      r.text('rolled_over', timestampProblem);
     },
     tls_credential_state: function (r) {
       var status = r.requiredText('status', choiceRule(STATUSES));

@@ -11,14 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
-from certmgr_fleet import FakeClock, Fleet, make_fleet, running_certmgr
+from certmgr_fleet import FakeClock, Fleet, add_host, make_fleet, running_certmgr
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from agent.admin import add_account, add_credential, add_dns_provider, request_action
+from agent.admin import add_account, add_credential, add_dns_provider, request_action, request_rollover
 from agent.keys import key_matches_certificate, load_certificate, split_chain, verify_chain
 from agent.responder import Responder
-from store.documents import TlsCredentialState
+from store.documents import AcmeAccountState, TlsCredentialState
+from store.errors import NotARecipient
 from store.follower import wait_for
 from store.localservices import free_port
 from store.names import Status
@@ -48,7 +49,7 @@ def key_of(fleet: Fleet, state: TlsCredentialState) -> bytes:
 
 def is_revoked(pebble: Any, serial_hex: str) -> bool:
     url = f"{pebble.management_url}/cert-status-by-serial/{serial_hex}"
-    reply = httpx.get(url, verify=str(pebble.ca_file))
+    reply = httpx.get(url, verify=pebble.ssl_context())
     return reply.status_code == 200 and reply.json().get("Status") == "Revoked"
 
 
@@ -197,3 +198,52 @@ def test_acme_failures_end_as_statuses_and_the_loop_goes_on(
     assert "cannot reach the ACME CA" in (offline.status_message or "")
     assert refused.next_attempt is not None and refused.failures == 1
     assert fine.status is Status.ISSUED, fine.status_message
+
+
+def test_account_key_rollover_as_an_action(fleet: Fleet, pebble: Any) -> None:
+    add_account(fleet.hub, "pebble", pebble.directory_url, agree_tos=True)
+    add_credential(fleet.hub, "before", ["before.example.com"], servers=["web1"], account="pebble")
+    with running_certmgr(fleet, str(pebble.ca_file)):
+        fleet.wait_status("before", Status.ISSUED)
+        old = AcmeAccountState.from_doc(fleet.hub.get("account:pebble:state"))
+        request_rollover(fleet.hub, "pebble")
+        assert wait_until(
+            lambda: AcmeAccountState.from_doc(fleet.hub.get("account:pebble:state")).rolled_over is not None
+        ), AcmeAccountState.from_doc(fleet.hub.get("account:pebble:state")).status_message
+        new = AcmeAccountState.from_doc(fleet.hub.get("account:pebble:state"))
+        # Orders keep working with the new key.
+        add_credential(fleet.hub, "after", ["after.example.com"], servers=["web1"], account="pebble")
+        after = fleet.wait_status("after", Status.ISSUED, Status.ERROR)
+    assert after.status is Status.ISSUED, after.status_message
+    assert new.sealed_key != old.sealed_key and new.sealed_next_key is None
+    assert new.account_url == old.account_url
+
+
+def test_adding_a_server_reseals_and_removing_one_rekeys(
+    fleet: Fleet, pebble: Any, couch_servers: Any, db_name: str, tmp_path: Path
+) -> None:
+    _hub, replica_server = couch_servers(2)
+    web2 = add_host(fleet, "web2", replica_server, replica_server.db_name(db_name + "-web2"), tmp_path)
+    add_account(fleet.hub, "pebble", pebble.directory_url, agree_tos=True)
+    add_credential(fleet.hub, "site", ["site.example.com"], servers=["web1"], account="pebble")
+    with running_certmgr(fleet, str(pebble.ca_file)):
+        first = fleet.wait_status("site", Status.ISSUED)
+        add_credential(
+            fleet.hub, "site", ["site.example.com"], servers=["web1", "web2"], account="pebble", replace=True
+        )
+        assert wait_until(lambda: "web2" in (fleet.state("site") or first).recipients)
+        widened = fleet.state("site")
+        assert widened is not None and widened.serial == first.serial, "adding a server must not re-issue"
+        assert open_private_key_pem(widened.sealed_key or {}, web2.key) == key_of(fleet, first)
+
+        add_credential(
+            fleet.hub, "site", ["site.example.com"], servers=["web2"], account="pebble", replace=True
+        )
+        rekeyed = wait_serial_change(fleet, "site", first.serial)
+        assert wait_until(lambda: is_revoked(pebble, first.serial or ""))
+    assert rekeyed.recipients == ["certmgr", "web2"]
+    assert rekeyed.rekey_reason is None
+    with pytest.raises(NotARecipient):
+        open_private_key_pem(rekeyed.sealed_key or {}, fleet.hosts["web1"].key)
+    new_key = open_private_key_pem(rekeyed.sealed_key or {}, web2.key)
+    assert new_key != key_of(fleet, first)
