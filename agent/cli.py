@@ -17,6 +17,7 @@ from agent import __version__
 from agent.cli_admin import account_app, credential_app, dns_app
 from agent.cli_agent import agent_app
 from agent.cli_certmgr import certmgr_app
+from agent.cli_demo import demo_cmd
 from agent.cli_dev import dev_app
 from agent.cli_options import DEFAULT_DB, DbOpt, JsonOpt, UrlOpt, out
 from agent.cli_server import server_app
@@ -40,6 +41,7 @@ app.add_typer(credential_app, name="credential")
 app.add_typer(account_app, name="account")
 app.add_typer(dns_app, name="dns")
 app.add_typer(certmgr_app, name="certmgr")
+app.command("demo")(demo_cmd)
 app.add_typer(agent_app, name="agent")
 app.command("status")(status_cmd)
 replicate_app = typer.Typer(

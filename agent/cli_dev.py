@@ -128,7 +128,11 @@ def down(directory: DirOption = DEFAULT_DIR) -> None:
 
 
 @dev_app.command()
-def install() -> None:
+def install(
+    for_tests: Annotated[
+        bool, typer.Option("--for-tests", help="Also what only the test suite uses (PowerDNS).")
+    ] = False,
+) -> None:
     """Install pouchdb-server (patched), pebble and BIND9 if they are missing."""
-    done = localservices.ensure_installed()
+    done = localservices.ensure_installed(for_tests=for_tests)
     console.print(f"installed: {', '.join(done)}" if done else "everything was already installed")

@@ -60,10 +60,13 @@ def add_user_cmd(
     reset_password: Annotated[
         bool, typer.Option("--reset-password", help="Give an existing user a new password.")
     ] = False,
+    certmgr: Annotated[
+        bool, typer.Option("--certmgr", help="This server runs the certmgr (adds its role).")
+    ] = False,
 ) -> None:
     """Admin: create the CouchDB user of server NAME and print its credentials once."""
     with CouchClient(url) as client:
-        creds = create_server_user(client, name, reset=reset_password)
+        creds = create_server_user(client, name, reset=reset_password, certmgr=certmgr)
     out.print(f"user:     {creds.user}")
     out.print(f"password: {creds.password}")
     out.print(f"roles:    {', '.join(creds.roles)}")

@@ -53,7 +53,10 @@ def status_cmd(
     with CouchClient(url) as client:
         status = fleet_status.collect(client.db(db), utcnow(), thresholds)
     if as_json:
-        out.print(json.dumps(fleet_status.to_json(status), indent=2), highlight=False)
+        # Plain text: a status message must never be read as rich markup or emoji codes.
+        out.print(
+            json.dumps(fleet_status.to_json(status), indent=2), markup=False, emoji=False, highlight=False
+        )
         return
     render(status)
 
@@ -107,9 +110,9 @@ def _deployments_table(status: FleetStatus) -> Table:
             state = Text(deployment.state.value, style=_DEPLOY_STYLE[deployment.state])
             if deployment.error:
                 state.append(f": {deployment.error}")
-            live = {None: "-", True: "ok", False: "failed"}[deployment.live_check_ok]
+            live = Text({None: "-", True: "ok", False: "failed"}[deployment.live_check_ok])
             if deployment.live_check_message and deployment.live_check_ok is False:
-                live += f": {deployment.live_check_message}"
+                live.append(f": {deployment.live_check_message}")
             table.add_row(
                 credential.name,
                 deployment.server,
@@ -135,7 +138,7 @@ def _servers_table(status: FleetStatus) -> Table:
             server.name,
             ", ".join(server.roles) or "-",
             _heartbeat(server),
-            server.agent_version or "-",
+            Text(server.agent_version or "-"),
             "enrolled" if server.enrolled else Text("not enrolled", style="yellow"),
         )
     return table

@@ -36,9 +36,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -566,7 +566,23 @@ class HostAgent:
             log.warning("not deploying %s: %s", name, exc)
             self._report(Report(name, "failed", keyfile=keyfile, serial=state.serial, error=str(exc)))
             return
-        version, previous = self.keyring.install(keyfile, material)
+        try:
+            version, previous = self.keyring.install(keyfile, material)
+        except OSError as exc:
+            # Disk full, a read-only mount, a permission: report it and go on with the feed; the
+            # live set is untouched (install switches only after a complete version is written).
+            log.error("cannot write the keyring of %s: %s", name, exc)
+            self.keyring.clean_partial()
+            self._report(
+                Report(
+                    name,
+                    "failed",
+                    keyfile=keyfile,
+                    serial=state.serial,
+                    error=f"cannot write the keyring files: {exc.strerror or exc}",
+                )
+            )
+            return
         new = Held(keyfile, material.fingerprint_sha256, material.serial, read_meta(version) or {})
         base = self._reports.get(name)
         report = Report(
@@ -644,8 +660,9 @@ class HostAgent:
             report = self._reports.get(name)
             if report is None or report.fingerprint_sha256 != fingerprint:
                 return  # a newer deploy took over
-            report.live_check, report.live_check_at = result, _now()
-            self._report(report)
+            # A new object, not a change to the one the reporter may be writing right now: it drops
+            # a pending report only when it is the very object it wrote, so this one is never lost.
+            self._report(replace(report, live_check=result, live_check_at=_now()))
 
     def _remove_files(self, keyfile: str) -> None:
         if not self.config.keep_removed:
@@ -739,9 +756,12 @@ class HostAgent:
                 self.reconcile(name)
 
     def write_status_file(self) -> None:
-        """Write ``<state_dir>/agent-status.json`` atomically (no secrets in it)."""
-        with self._lock:
-            body = self.status()
+        """Write ``<state_dir>/agent-status.json`` atomically (no secrets in it).
+
+        Not under the agent's lock: a reload hook may hold it for its whole timeout, and the status
+        (like the heartbeat, written by the same thread) must not wait for that.
+        """
+        body = self.status()
         path = self.paths.status_file
         tmp = path.with_name(path.name + ".tmp")
         try:
@@ -776,7 +796,8 @@ class HostAgent:
                 "last_error": stats.last_error or None,
                 "caught_up": stats.caught_up.is_set(),
             },
-            "credentials": {name: report.to_json() for name, report in sorted(self._reports.items())},
+            # dict() copies atomically under the GIL; the loop may be adding a report meanwhile.
+            "credentials": {name: report.to_json() for name, report in sorted(dict(self._reports).items())},
         }
 
     # -- running ----------------------------------------------------------------------------------

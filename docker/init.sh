@@ -5,7 +5,8 @@
 #   1. on the hub and on each server's node: the system databases (docker/couch_setup.py), then
 #      `certstore init` (the certstore database, design document, _security, settings)
 #   2. a CouchDB user per server on its own node (`certstore server add-user`), and one for the
-#      certmgr on the hub; each password goes to that container's secrets volume (/secrets/<name>)
+#      certmgr on the hub (`--certmgr`); each password goes to that container's secrets volume
+#      (/secrets/<name>)
 #   3. continuous replication hub <-> each node (`certstore replicate add`, run by the node)
 #
 # Environment: COUCHDB_USER, COUCHDB_PASSWORD (the nodes' admin), CERTSTORE_DB, CERTSTORE_SERVERS
@@ -34,11 +35,9 @@ save_password() {
     chown "$owner" "$file"
 }
 
-# The password line of `certstore server add-user`, which prints it once.
-new_password() {
-    local output
-    output=$(certstore server add-user "$1" --url "$2" --reset-password)
-    sed -n 's/^password: *//p' <<< "$output"
+# The password in the output of `certstore server add-user`, which prints it once.
+password_in() {
+    sed -n 's/^password: *//p' <<< "$1"
 }
 
 for node in hub $CERTSTORE_SERVERS; do
@@ -51,8 +50,8 @@ for server in $CERTSTORE_SERVERS; do
     if [ -s "/secrets/$server/password" ]; then
         echo "server $server: user exists, password kept"
     else
-        password=$(new_password "$server" "$(admin_url "$server")")
-        save_password "$server" "$password"
+        output=$(certstore server add-user "$server" --url "$(admin_url "$server")" --reset-password)
+        save_password "$server" "$(password_in "$output")"
         echo "server $server: user created on couch-$server"
     fi
     certstore replicate add --hub "$(admin_url hub)" --replica "$(admin_url "$server")" \
@@ -62,10 +61,9 @@ done
 if [ -s "/secrets/$CERTSTORE_CERTMGR/password" ]; then
     echo "certmgr $CERTSTORE_CERTMGR: user exists, password kept"
 else
-    # Not `server add-user`: the certmgr also needs the certstore-certmgr role. Users are not
-    # replicated, and the certmgr works on the hub.
-    password=$(python3 "$setup" certmgr-user "$(admin_url hub)" "$CERTSTORE_CERTMGR")
-    save_password "$CERTSTORE_CERTMGR" "$password"
+    # --certmgr adds the certstore-certmgr role. Users are not replicated: the certmgr works on the hub.
+    output=$(certstore server add-user "$CERTSTORE_CERTMGR" --url "$(admin_url hub)" --reset-password --certmgr)
+    save_password "$CERTSTORE_CERTMGR" "$(password_in "$output")"
     echo "certmgr $CERTSTORE_CERTMGR: user created on couch-hub"
 fi
 echo "init: done"

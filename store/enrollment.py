@@ -19,7 +19,7 @@ from store.couch import CouchClient, Database
 from store.documents import Server
 from store.errors import Conflict, EnrollmentConflict, KeyFileError
 from store.hostkey import HostKey, generate_host_key, key_file_path, load_host_key
-from store.provision import ROLE_SERVER
+from store.provision import ROLE_CERTMGR, ROLE_SERVER
 
 #: The role a server document carries when its host runs the certmgr (secrets are sealed for it).
 CERTMGR_ROLE = "certmgr"
@@ -130,13 +130,16 @@ class ServerCredentials:
     roles: tuple[str, ...]
 
 
-def create_server_user(client: CouchClient, name: str, *, reset: bool = False) -> ServerCredentials:
+def create_server_user(
+    client: CouchClient, name: str, *, reset: bool = False, certmgr: bool = False
+) -> ServerCredentials:
     """Create the CouchDB user for server ``name`` with a fresh random password.
 
-    Refuses to touch an existing user unless ``reset`` (which gives it a new password).
+    Refuses to touch an existing user unless ``reset`` (which gives it a new password). ``certmgr``
+    adds the role that lets this server's user write what the certmgr writes.
     """
     user = server_user(name)
-    roles = (ROLE_SERVER, server_role(name))
+    roles = (ROLE_SERVER, server_role(name), *((ROLE_CERTMGR,) if certmgr else ()))
     existing = client.db("_users").get_or_none(f"org.couchdb.user:{user}")
     if existing is not None and not reset:
         raise EnrollmentConflict(

@@ -68,9 +68,9 @@ APT_PACKAGES: Mapping[str, str] = {
     "named-checkconf": "bind9-utils",
     "node": "nodejs",
     "npm": "npm",
-    # PowerDNS with an API, for the dns-lexicon provider's tests (the backend is a library, no binary).
-    "pdns_server": "pdns-server pdns-backend-sqlite3",
 }
+#: What only the test suite needs: PowerDNS with an API, for the dns-lexicon provider's tests.
+TEST_APT_PACKAGES: Mapping[str, str] = {"pdns_server": "pdns-server pdns-backend-sqlite3"}
 # Debian keeps named in /usr/sbin, which is not on an ordinary user's PATH.
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 _NODE_BINARIES = frozenset({"node", "npm"})
@@ -417,15 +417,17 @@ def validation_copies(directory: Path | None = None) -> list[Path]:
     return sorted(root.glob("**/pouchdb-validation/lib/index.js"))
 
 
-def ensure_installed(*, npm: bool = True, apt: bool = True) -> list[str]:
-    """Install whatever is missing: Node.js/npm, the npm packages (patched), pebble and BIND9.
+def ensure_installed(*, npm: bool = True, apt: bool = True, for_tests: bool = False) -> list[str]:
+    """Install whatever is missing: Node.js/npm, the npm packages (patched), pebble and BIND9
+    (and, ``for_tests``, what only the test suite uses).
 
     Returns what was installed (empty when everything was already there). Raises InstallError with the
     failing command's output.
     """
     done: list[str] = []
     if apt:
-        wanted = {binary: pkg for binary, pkg in APT_PACKAGES.items() if npm or binary not in _NODE_BINARIES}
+        packages = {**APT_PACKAGES, **(TEST_APT_PACKAGES if for_tests else {})}
+        wanted = {binary: pkg for binary, pkg in packages.items() if npm or binary not in _NODE_BINARIES}
         missing = sorted(
             {pkg for binary, pkgs in wanted.items() if find_binary(binary) is None for pkg in pkgs.split()}
         )
@@ -1078,6 +1080,7 @@ class DevState:
     nodes: tuple[CouchNode, ...]
     pebble: Pebble | None = None
     challtestsrv: ChallTestSrv | None = None
+    bind: BindServer | None = None
     alive: Mapping[str, bool] = field(default_factory=dict)
 
     @property
@@ -1085,11 +1088,15 @@ class DevState:
         """True when the nodes are databases on an external CouchDB."""
         return any(node.external for node in self.nodes)
 
-    def services(self) -> dict[str, CouchNode | Pebble | ChallTestSrv]:
-        """Every service by name: the nodes, then challtestsrv and pebble."""
-        found: dict[str, CouchNode | Pebble | ChallTestSrv] = {node.name: node for node in self.nodes}
+    def services(self) -> dict[str, CouchNode | Pebble | ChallTestSrv | BindServer]:
+        """Every service by name: the nodes, then the DNS server (challtestsrv or BIND) and pebble."""
+        found: dict[str, CouchNode | Pebble | ChallTestSrv | BindServer] = {
+            node.name: node for node in self.nodes
+        }
         if self.challtestsrv is not None:
             found["challtestsrv"] = self.challtestsrv
+        if self.bind is not None:
+            found["bind"] = self.bind
         if self.pebble is not None:
             found["pebble"] = self.pebble
         return found
@@ -1146,9 +1153,18 @@ def dev_status(directory: Path) -> DevState:
 
 
 def dev_up(
-    directory: Path, nodes: int = 2, *, couchdb_url: str | None = None, pebble_http_port: int | None = None
+    directory: Path,
+    nodes: int = 2,
+    *,
+    couchdb_url: str | None = None,
+    pebble_http_port: int | None = None,
+    dns_zones: Sequence[str] = (),
 ) -> DevState:
-    """Start (or keep) ``nodes`` CouchDB nodes, challtestsrv and pebble, recorded in ``<dir>/state.json``.
+    """Start (or keep) ``nodes`` CouchDB nodes, a DNS server and pebble, recorded in ``<dir>/state.json``.
+
+    The DNS server pebble resolves names through is challtestsrv (every name is 127.0.0.1), or, with
+    ``dns_zones``, a BIND authoritative for those zones that accepts TSIG-signed updates (DNS-01 for
+    real; the caller adds the A records its HTTP-01 names need).
 
     Running services are left alone; dead ones are started again on their old ports and data dirs.
     With ``couchdb_url`` (an admin URL) no pouchdb-server runs: the nodes are databases on that server.
@@ -1180,9 +1196,35 @@ def dev_up(
             for index in range(1, nodes + 1):
                 state = _ensure_node(state, f"node{index}")
                 save_state(state)
+        state = _ensure_dns(state, dns_zones)
+        save_state(state)
         state = _ensure_pebble(state, pebble_http_port)
         save_state(state)
     return dev_status(directory)
+
+
+def _ensure_dns(state: DevState, zones: Sequence[str]) -> DevState:
+    """``state`` with its DNS server running: BIND for ``zones`` if given, challtestsrv otherwise."""
+    if not zones:
+        dns = state.challtestsrv
+        if dns is None or not dns.alive():
+            state = replace(state, challtestsrv=start_challtestsrv(state.dir / "challtestsrv"))
+        return state
+    bind = state.bind
+    wanted = tuple(_fqdn(zone) for zone in zones)
+    if bind is not None and bind.alive() and bind.zones == wanted:
+        return state
+    if bind is not None:
+        stop_service(bind)
+    return replace(
+        state,
+        bind=start_bind(
+            state.dir / "bind",
+            zones,
+            tsig_secret=bind.tsig_secret if bind else None,
+            port=bind.port if bind else None,
+        ),
+    )
 
 
 def _ensure_node(state: DevState, name: str) -> DevState:
@@ -1197,22 +1239,20 @@ def _ensure_node(state: DevState, name: str) -> DevState:
 
 
 def _ensure_pebble(state: DevState, http_port: int | None) -> DevState:
-    """``state`` with challtestsrv and pebble running, pebble resolving names through challtestsrv."""
-    dns = state.challtestsrv
-    if dns is None or not dns.alive():
-        dns = start_challtestsrv(state.dir / "challtestsrv")
-        state = replace(state, challtestsrv=dns)
-        save_state(state)
+    """``state`` with pebble running, resolving names through the state's DNS server."""
+    dns_address = state.bind.address if state.bind is not None else None
+    if dns_address is None and state.challtestsrv is not None:
+        dns_address = state.challtestsrv.dns_address
     pebble = state.pebble
     if pebble is not None:
         http_port = http_port or pebble.http_port  # keep the port a running agent may listen on
-        if pebble.alive() and pebble.dns_server == dns.dns_address and pebble.http_port == http_port:
+        if pebble.alive() and pebble.dns_server == dns_address and pebble.http_port == http_port:
             return state
         stop_service(pebble)
     options = PebbleOptions(
         http_port=http_port,
         tls_port=pebble.tls_port if pebble else None,
-        dns_server=dns.dns_address,
+        dns_server=dns_address,
     )
     return replace(state, pebble=start_pebble(state.dir / "pebble", options))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from store.couch import CouchClient, JSONDict, ServerURL, redact
-from store.errors import NotFound, ValidationError
+from store.errors import Forbidden, NotFound, ValidationError
 from store.ids import replication_doc_id, replication_name
 
 REPLICATOR_DB = "_replicator"
@@ -76,9 +76,17 @@ def add(client: CouchClient, hub: Endpoint, replica: Endpoint, name: str | None 
             if all(existing.get(k) == doc[k] for k in ("source", "target", "continuous")):
                 written.append(doc_id)
                 continue
-            # A changed endpoint: replace the document (CouchDB restarts the job on update).
+            # A changed endpoint (new credentials, say): replace the document. CouchDB restarts the
+            # job on update; pouchdb-server refuses to update a triggered one, so delete it first there.
             doc["_rev"] = existing["_rev"]
-        replicator.put(doc)
+            try:
+                replicator.put(doc)
+            except Forbidden:
+                replicator.delete(doc_id, existing["_rev"])
+                del doc["_rev"]
+                replicator.put(doc)
+        else:
+            replicator.put(doc)
         written.append(doc_id)
     return written
 

@@ -105,7 +105,7 @@ def _external_couchdb_url() -> str | None:
 @pytest.fixture(scope="session")
 def services_installed() -> None:
     """Install the local services once per session (fast when they are already installed)."""
-    localservices.ensure_installed(npm=_external_couchdb_url() is None)
+    localservices.ensure_installed(npm=_external_couchdb_url() is None, for_tests=True)
 
 
 @pytest.fixture(scope="session")

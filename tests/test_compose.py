@@ -15,6 +15,8 @@ import ipaddress
 import json
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -25,6 +27,7 @@ import typer.main
 
 from agent.cli import app
 from agent.config import parse_config
+from store.couch import CouchClient
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to parse docker-compose.yml (the dev extra)")
 
@@ -306,6 +309,14 @@ def test_every_script_a_service_runs_exists() -> None:
         assert script.is_file(), script
 
 
+def test_every_file_a_script_uses_exists() -> None:
+    # Scripts find their helpers next to themselves: $(dirname "$0")/<file>.
+    for script in (ROOT / "docker").glob("*.sh"):
+        for name in re.findall(r'\$\(dirname "\$0"\)/([\w.-]+)', script.read_text()):
+            assert (script.parent / name).is_file(), f"{script.name} uses {name}, which does not exist"
+    assert "couch_setup.py" in (ROOT / "docker" / "init.sh").read_text()
+
+
 def test_depends_on_names_services() -> None:
     for name, service in services().items():
         for other in service.get("depends_on") or {}:
@@ -412,3 +423,36 @@ def test_no_secret_is_written_into_the_compose_file() -> None:
                 assert str(value).startswith("${"), f"{name}: {key} must come from .env"
     assert "CHANGE-ME" not in text
     assert "CHANGE-ME" in env_defaults()["COUCHDB_PASSWORD"]
+
+
+# --- docker/couch_setup.py against a real server -------------------------------------------------
+
+
+def run_setup(*args: str) -> subprocess.CompletedProcess[str]:
+    script = ROOT / "docker" / "couch_setup.py"
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.integration
+def test_couch_setup_makes_the_system_databases(couch_server: Any) -> None:
+    first = run_setup("system-dbs", couch_server.admin_url)
+    assert first.returncode == 0, first.stderr
+    again = run_setup("system-dbs", couch_server.admin_url)
+    assert (again.returncode, again.stdout) == (0, "system databases: exist\n"), again.stderr
+    with CouchClient(couch_server.admin_url) as client:
+        assert {"_users", "_replicator"} <= set(client.all_dbs())
+
+
+def test_couch_setup_usage_and_errors() -> None:
+    assert run_setup().returncode == 2
+    failed = run_setup("system-dbs", "http://admin:pw@127.0.0.1:1")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("couch_setup: error:") and len(failed.stderr.splitlines()) == 1
+    assert "pw" not in failed.stderr.replace("couch_setup", "")

@@ -330,3 +330,18 @@ def test_render_shows_every_table_and_the_reasons(monkeypatch: pytest.MonkeyPatc
     assert "bad: status is error (rate limited)" in text
     assert "1 h ago (stale)" in text
     assert "2 credentials (1 green, 0 yellow, 1 red), 1 servers" in text
+
+
+def test_render_prints_messages_literally(monkeypatch: pytest.MonkeyPatch) -> None:
+    console = Console(record=True, width=200)
+    monkeypatch.setattr(cli_status, "out", console)
+    docs = [
+        request("web", ["web1"]),
+        state("web", "error", status_message="[bold]rate[/bold] :smile:"),
+        deploy("web1", "web", live_check={"ok": False, "at": stamp(NOW), "message": "[errno] refused"}),
+        server("web1", timedelta(seconds=1), agent_version="[dim]0.3[/dim]"),
+    ]
+    cli_status.render(from_docs(docs, NOW))
+    text = console.export_text()
+    for literal in ("[bold]rate[/bold] :smile:", "failed: [errno] refused", "[dim]0.3[/dim]"):
+        assert literal in text

@@ -17,6 +17,7 @@ from test_agent import assert_complete, direct_host, live_fingerprint
 
 from agent.config import load_config
 from store import ids
+from store.couch import Database
 from store.follower import wait_for
 
 pytestmark = pytest.mark.integration
@@ -40,6 +41,18 @@ def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def start_running(config_path: Path, log: Path, db: Database) -> subprocess.Popen[bytes]:
+    """Start the agent and wait until it has written a heartbeat (it is then running, signals handled)."""
+    before = (db.get_or_none(ids.server_id("web1")) or {}).get("heartbeat")
+    proc = start_agent(config_path, log)
+    moved = wait_for(lambda: (db.get_or_none(ids.server_id("web1")) or {}).get("heartbeat") != before, 20)
+    if not moved:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("the agent did not start:\n" + log.read_text()[-2000:])
+    return proc
 
 
 def test_sigkill_during_deploys_never_leaves_a_torn_set(
@@ -76,22 +89,11 @@ def test_sigkill_during_deploys_never_leaves_a_torn_set(
     log = tmp_path / "agent.log"
     torn_rounds = 0
     for _ in range(KILLS):
-        proc = start_agent(config_path, log)
+        proc = start_running(config_path, log, host.db)
         try:
-            before = (host.db.get_or_none(ids.server_id("web1")) or {}).get("heartbeat")
-            # Following once the heartbeat moves; then new certificates arrive and the kill falls among them.
-            assert wait_for(
-                lambda b=before: (
-                    (host.db.get_or_none(ids.server_id("web1")) or {})  # type: ignore[misc]
-                    .get("heartbeat")
-                    != b
-                ),
-                20,
-            ), log.read_text()[-2000:]
             latest = write_states()
-            time.sleep(
-                rng.uniform(0.0, 0.25)
-            )  # the kill instant is random on purpose: no condition to wait for
+            # The kill instant is random on purpose: there is no condition to wait for.
+            time.sleep(rng.uniform(0.0, 0.25))
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -103,7 +105,7 @@ def test_sigkill_during_deploys_never_leaves_a_torn_set(
             seen.add(live_fingerprint(config, keyfile) == latest[keyfile])
         torn_rounds += len(seen) > 1  # some credentials renewed, some not: the kill fell mid-batch
     print(f"{KILLS} kills, {torn_rounds} of them in the middle of a batch of deploys")
-    proc = start_agent(config_path, log)
+    proc = start_running(config_path, log, host.db)
     try:
         assert wait_for(lambda: all(live_fingerprint(config, n) == latest[n] for n in CREDENTIALS), 30), (
             log.read_text()[-2000:]

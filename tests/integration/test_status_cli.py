@@ -76,7 +76,7 @@ def write_fleet(db: Database) -> None:
             "_id": "credential:api:state",
             "type": "tls_credential_state",
             "status": "error",
-            "status_message": "rateLimited: too many certificates",
+            "status_message": "rateLimited: too many certificates [see https://example.com/limits]",
         },
         {"_id": "credential:new", "type": "tls_credential", "hostnames": ["new.example.com"]},
         {"_id": "server:web1", "type": "server", "heartbeat": ago(seconds=20), "agent_version": "0.3.0"},
@@ -114,6 +114,7 @@ def test_status_json_and_tables(couch_server: Any, admin_db: Database) -> None:
     by_name = {c["name"]: c for c in data["credentials"]}
     assert list(by_name) == ["api", "new", "web"]
     assert by_name["api"]["light"] == "red"
+    assert by_name["api"]["status_message"].endswith("[see https://example.com/limits]")
     assert by_name["new"]["status"] is None
     web = by_name["web"]
     assert (web["light"], web["reasons"]) == ("yellow", ["web2 has not deployed it"])
@@ -129,7 +130,10 @@ def test_status_json_and_tables(couch_server: Any, admin_db: Database) -> None:
     assert table.returncode == 0, table.stderr
     for text in ("Credentials", "Deployments", "Servers", "0a1b2c", "not picked up yet", "(stale)"):
         assert text in table.stdout
-    assert "api: status is error (rateLimited: too many certificates)" in table.stdout
+    assert (
+        "api: status is error (rateLimited: too many certificates [see https://example.com/limits])"
+        in table.stdout
+    )
     assert couch_server.admin_password not in table.stdout + table.stderr
 
 
