@@ -14,6 +14,7 @@ over DNS-01 through RFC 2136 with TSIG. The demo ends with a table of what each 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -199,6 +200,9 @@ class Demo:
         update = bind.update_message(HTTP_ZONE)
         for name, server in HTTP_NAMES.items():
             update.replace(normalize_hostname(name) + ".", 60, "A", SERVERS[server])
+        # Any other name under the zone lands on web1: credentials an admin adds while the demo runs
+        # validate there, whichever servers they are for (every agent serves every challenge).
+        update.replace(f"*.{HTTP_ZONE}.", 60, "A", SERVERS["web1"])
         answer = dns.query.tcp(update, bind.host, port=bind.port, timeout=5)
         if answer.rcode() != dns.rcode.NOERROR:
             raise ServiceError(f"BIND refused the demo's A records: {dns.rcode.to_text(answer.rcode())}")
@@ -403,15 +407,18 @@ class Demo:
         self.console.print(table)
 
     def _print_next_steps(self, hub_url: str, hub_admin_url: str) -> None:
+        env = self.dir / "env"
+        fd = os.open(env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the admin password
+        with os.fdopen(fd, "w") as out:
+            out.write(f"export CERTSTORE_URL='{hub_admin_url}'\nexport CERTSTORE_DB='{DB}'\n")
         self.console.print(f"\nFauxton (the hub's admin UI): {hub_url}/_utils  (database: {DB})")
-        self.console.print(f"Admin URL (demo only): {hub_admin_url}")
-        self.console.print("Try next, in another terminal (. .venv/bin/activate):")
-        self.console.print(f"  certstore status --url '{hub_admin_url}'")
-        self.console.print(
-            f"  certstore credential add api --host api.example.com --server web1 --url '{hub_admin_url}'"
-        )
-        self.console.print(f"  certstore credential show api --url '{hub_admin_url}'")
-        self.console.print(f"  certstore credential rekey site --url '{hub_admin_url}'")
+        self.console.print(f"Log in as admin with the password in {env}")
+        self.console.print("Try next, in another terminal:")
+        self.console.print(f"  . .venv/bin/activate && . {env}")
+        self.console.print("  certstore status")
+        self.console.print("  certstore credential add api --host api.example.com --server web2")
+        self.console.print("  certstore credential show api")
+        self.console.print("  certstore credential rekey site")
         self.console.print(f"  ls -l {self.dir / 'web1' / 'data' / 'live' / 'site'}/")
 
 

@@ -874,9 +874,11 @@ class HostAgent:
         # A backstop for missed file events, and the status file's refresh.
         while not stop_event.wait(min(30.0, self.config.heartbeat_interval)):
             try:
+                if self._need_state and not self._catching_up():
+                    self.fetch_missing_states()  # the read at catch-up failed and no change came since
                 self.check_drift()
             except Exception:  # keep checking; the next round may succeed
-                log.exception("periodic drift check failed")
+                log.exception("periodic check failed")
             self.reporter.status_changed()
 
 
