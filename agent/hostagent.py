@@ -490,12 +490,11 @@ class HostAgent:
             except CertstoreError as exc:
                 self._report(Report(name, "failed", error=str(exc)))
                 return
-            if (
-                held is not None
-                and held.keyfile == keyfile
-                and held.fingerprint == state.fingerprint_sha256
-                and not self.keyring.live_problems(keyfile, held.meta)
-            ):
+            if held is not None and held.keyfile == keyfile and held.fingerprint == state.fingerprint_sha256:
+                problems = self.keyring.live_problems(keyfile, held.meta)
+                if problems:
+                    # Drift noticed through the feed before the watcher saw it: repaired the same way.
+                    self._deploy(request, state, keyfile, held, repair="; ".join(problems))
                 return
             if self._failed.get(name) == state.fingerprint_sha256:
                 return  # its reload hook failed: wait for a new certificate (or a restart) to try again

@@ -184,6 +184,20 @@ def pebble(challtestsrv: ChallTestSrv, services_dir: Path) -> Iterator[Pebble]:
 
 
 @pytest.fixture
+def a_records(challtestsrv: ChallTestSrv) -> Iterator[Callable[[str, Sequence[str]], None]]:
+    """``a_records(name, addresses)``: challtestsrv answers ``name`` with ``addresses`` in this test."""
+    names: list[str] = []
+
+    def set_a(name: str, addresses: Sequence[str]) -> None:
+        challtestsrv.set_a(name, addresses)
+        names.append(name)
+
+    yield set_a
+    for name in names:
+        challtestsrv.clear_a(name)
+
+
+@pytest.fixture
 def pebble_factory(challtestsrv: ChallTestSrv, tmp_path: Path) -> Iterator[Callable[..., Pebble]]:
     """``pebble_factory(**PebbleOptions fields)`` → a pebble of this test's own (stopped after it).
 

@@ -180,12 +180,12 @@ def test_wildcard_and_apex_over_dns01_with_rfc2136_and_tsig(
 
 
 def test_acme_failures_end_as_statuses_and_the_loop_goes_on(
-    fleet: Fleet, pebble: Any, challtestsrv: Any
+    fleet: Fleet, pebble: Any, a_records: Any
 ) -> None:
     add_account(fleet.hub, "pebble", pebble.directory_url, agree_tos=True)
     add_account(fleet.hub, "down", f"https://127.0.0.1:{free_port()}/dir", agree_tos=True)
     # The fleet serves the token, but the name points at 127.0.0.9 where nobody answers: the CA fails.
-    challtestsrv.set_a("nobody.example.com", ["127.0.0.9"])
+    a_records("nobody.example.com", ["127.0.0.9"])
     add_credential(fleet.hub, "refused", ["nobody.example.com"], servers=["web1"], account="pebble")
     add_credential(fleet.hub, "offline-ca", ["ca.example.com"], servers=["web1"], account="down")
     add_credential(fleet.hub, "fine", ["fine.example.com"], servers=["web1"], account="pebble")
