@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from agent.dns import DnsProvider, provider_for
+from agent.dns.base import UnusableProvider
 from agent.errors import AcmeError, ChallengeSetupError, RateLimited
 from agent.issuer import AcmeIssuer, generate_account_key, load_account_key
 from agent.keys import build_csr, certificate_info, generate_private_key, key_matches_certificate, split_chain
@@ -45,8 +46,8 @@ from store.documents import (
     DnsProvider as DnsProviderDoc,
 )
 from store.enrollment import CERTMGR_ROLE
-from store.errors import CertstoreError, Conflict, ValidationError
-from store.follower import Change, ChangesFollower, MemoryCheckpoint, run_in_thread
+from store.errors import CertstoreError, Conflict, CouchError, ValidationError
+from store.follower import FOLLOW_BACKOFF, Change, ChangesFollower, MemoryCheckpoint, run_in_thread
 from store.hostkey import HostKey, load_host_key
 from store.names import Provider, RevocationReason, Status
 from store.sealing import open_envelope, open_private_key_pem, seal, seal_private_key_pem
@@ -113,6 +114,7 @@ class Mirror:
     def __init__(self) -> None:
         self._docs: dict[str, JSONDict] = {}
         self._lock = threading.Lock()
+        self.generation = 0  # bumped on every change, so derived views can be cached
 
     def apply(self, doc_id: str, doc: JSONDict | None) -> None:
         """Store or (with None) forget a document."""
@@ -121,6 +123,7 @@ class Mirror:
                 self._docs.pop(doc_id, None)
             else:
                 self._docs[doc_id] = doc
+            self.generation += 1
 
     def get(self, doc_id: str) -> JSONDict | None:
         """The latest known version of a document."""
@@ -165,6 +168,7 @@ class Certmgr:
         self._wake = threading.Event()
         self._issuers: dict[tuple[str, str], AcmeIssuer] = {}
         self._issuer_lock = threading.Lock()
+        self._servers_cache: tuple[int, dict[str, Server]] | None = None
         self.orders = 0  # orders placed by this process (tests count duplicates with it)
 
     # --- feed -----------------------------------------------------------------------------------
@@ -209,6 +213,7 @@ class Certmgr:
         follower = ChangesFollower(self.db, self.on_change, MemoryCheckpoint(), stop_event=threading.Event())
         thread = run_in_thread(follower, "certmgr-feed")
         pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="certmgr-order")
+
         # Whoever sets ``stop`` (a signal handler, a test) also wakes the loop at once.
         def wake_on_stop() -> None:
             stop.wait()
@@ -217,9 +222,20 @@ class Certmgr:
         threading.Thread(target=wake_on_stop, daemon=True).start()
         last_scan = 0.0
         waiting_logged = False
+        failures = 0
         try:
             while not stop.is_set():
-                if not self.lease.acquire():
+                try:
+                    held = self.lease.acquire()
+                    failures = 0
+                except CouchError as exc:
+                    # The database is away: nobody can act, us included. Wait and try again.
+                    delay = FOLLOW_BACKOFF[min(failures, len(FOLLOW_BACKOFF) - 1)]
+                    failures += 1
+                    log.warning("cannot reach the lease document: %s; retrying in %.1fs", exc, delay)
+                    stop.wait(delay)
+                    continue
+                if not held:
                     if not waiting_logged:
                         log.info("waiting for the certmgr lease (held by %s)", self.lease.describe_holder())
                         waiting_logged = True
@@ -357,6 +373,11 @@ class Certmgr:
             return None
 
     def _servers(self) -> dict[str, Server]:
+        """Every valid server document, parsed once per change of the mirror (a scan asks often)."""
+        generation = self.mirror.generation
+        cached = self._servers_cache
+        if cached is not None and cached[0] == generation:
+            return cached[1]
         servers = {}
         for doc in self.mirror.of_kind(ids.KIND_SERVER):
             try:
@@ -364,6 +385,7 @@ class Certmgr:
             except ValidationError:
                 continue
             servers[server.name] = server
+        self._servers_cache = (generation, servers)
         return servers
 
     def _settings_doc(self) -> Settings:
@@ -634,13 +656,23 @@ class Certmgr:
     # Issuing ------------------------------------------------------------------------------------
 
     def _dns_providers(self) -> list[DnsProvider]:
-        providers = []
+        """A provider per ``dns:`` document; one that cannot be used fails only the names it serves."""
+        providers: list[DnsProvider] = []
         for doc in self.mirror.of_kind(ids.KIND_DNS):
-            model = DnsProviderDoc.from_doc(doc)
-            secrets: dict[str, str] = {}
-            if model.sealed_credentials is not None:
-                secrets = json.loads(open_envelope(model.sealed_credentials, self.host_key))
-            providers.append(provider_for(model.kind.value, {"zones": model.zones, **model.options}, secrets))
+            try:
+                model = DnsProviderDoc.from_doc(doc)
+            except ValidationError as exc:
+                log.warning("ignoring an invalid DNS provider document: %s", exc)
+                continue
+            try:
+                secrets: dict[str, str] = {}
+                if model.sealed_credentials is not None:
+                    secrets = json.loads(open_envelope(model.sealed_credentials, self.host_key))
+                config = {"zones": model.zones, **model.options}
+                providers.append(provider_for(model.kind.value, config, secrets))
+            except (CertstoreError, ValueError) as exc:
+                reason = f"{model.doc_id} cannot be used: {exc}"
+                providers.append(UnusableProvider(model.zones, reason))
         return providers
 
     def mirror_heartbeat(self, server: str) -> datetime | None:

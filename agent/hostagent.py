@@ -316,6 +316,7 @@ class HostAgent:
         fault: FaultHook | None = None,
         clock: Callable[[], datetime] = _now,
         watch: bool = True,
+        catch_up_checkpoint_s: float = 1.0,
     ) -> None:
         self.config = config
         self.db = db
@@ -332,6 +333,8 @@ class HostAgent:
         self._host_keys = host_keys
         self._clock = clock
         self._watch = watch
+        # 0 writes the checkpoint after every change during catch-up too (bench/bench_agent.py compares).
+        self._catch_up_checkpoint_s = catch_up_checkpoint_s
         self._lock = threading.RLock()
         self._requests: dict[str, TlsCredential] = {}
         self._states: dict[str, TlsCredentialState] = {}
@@ -821,6 +824,7 @@ class HostAgent:
             checkpoint = BatchingCheckpoint(
                 self.paths.checkpoint_file,
                 live=lambda: self.follower is not None and self.follower.stats.caught_up.is_set(),
+                interval_s=self._catch_up_checkpoint_s,
             )
             if checkpoint.load() is not None:
                 self._snapshot_until_done(stop_event)

@@ -230,7 +230,7 @@ def raw_read(node: CouchNode, db: str) -> tuple[int, float]:
     return count, time.monotonic() - start
 
 
-def catchup(total: int, mine: int, root: Path) -> None:
+def catchup(total: int, mine: int, root: Path, checkpoint_s: float) -> None:
     ca = TestCA()
     with couch_nodes(1, root / "p2") as (node,):
         client = CouchClient(node.admin_url)
@@ -242,7 +242,7 @@ def catchup(total: int, mine: int, root: Path) -> None:
         print(f"  wrote {rows} documents in {time.monotonic() - started:.1f}s")
         count, raw_s = raw_read(node, DB)
         config = agent_config("web1", node, DB, root / "p2")
-        agent = HostAgent(config, db, watch=True)
+        agent = HostAgent(config, db, catch_up_checkpoint_s=checkpoint_s)
         stop = threading.Event()
         started = time.monotonic()
         thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
@@ -344,6 +344,13 @@ def main() -> None:
     p2 = sub.add_parser("catchup")
     p2.add_argument("--credentials", type=int, default=10000)
     p2.add_argument("--mine", type=int, default=1000)
+    p2.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="seconds between checkpoint writes while catching up (0: after every change)",
+    )
     mem = sub.add_parser("memory")
     mem.add_argument("--credentials", type=int, default=1000)
     args = parser.parse_args()
@@ -353,7 +360,9 @@ def main() -> None:
             for n in args.agents:
                 propagation(n, args.rounds, min(args.nodes, n), root)
         elif args.command == "catchup":
-            catchup(args.credentials, args.mine, root)
+            for checkpoint_s in args.checkpoint_interval:
+                print(f"checkpoint written at most every {checkpoint_s:g}s while catching up:")
+                catchup(args.credentials, args.mine, root / f"ckpt{checkpoint_s:g}", checkpoint_s)
         else:
             memory(args.credentials, root)
     finally:

@@ -195,3 +195,30 @@ def test_retry_table_and_retry_after() -> None:
     assert retry_delay(99, now=NOW) == RETRY_TABLE[-1]
     assert retry_delay(1, NOW + timedelta(hours=30), now=NOW) == timedelta(hours=30)
     assert retry_delay(3, NOW + timedelta(seconds=5), now=NOW) == RETRY_TABLE[2]
+
+
+def test_a_dns_provider_the_certmgr_cannot_open_fails_only_its_names(
+    certmgr: Certmgr, tmp_path: Path
+) -> None:
+    from agent.dns import TxtRecord
+    from agent.errors import DnsError
+    from store.documents import DnsProvider
+    from store.sealing import seal
+
+    stranger = generate_host_key(tmp_path / "stranger")
+    sealed = dict(seal(b'{"tsig_secret": "c2VjcmV0"}', [stranger.public_key]))
+    put(
+        certmgr,
+        DnsProvider(
+            name="ns1",
+            kind="rfc2136",
+            zones=["example.org"],
+            options={"server": "127.0.0.1:53", "tsig_key_name": "k."},
+            sealed_credentials=sealed,
+        ),
+    )
+    (provider,) = certmgr._dns_providers()
+    with pytest.raises(DnsError) as info:
+        provider.present([TxtRecord("_acme-challenge.example.org", "x" * 43)])
+    assert "dns:ns1 cannot be used" in str(info.value)
+    assert "c2VjcmV0" not in str(info.value)

@@ -100,3 +100,37 @@ def test_live_files_and_link_target(tmp_path: Path) -> None:
     with pytest.raises(UnsafePath):
         paths.link_target("web", tmp_path / "elsewhere" / "1f-abcd")
     assert paths.checkpoint_file.parent == paths.status_file.parent == tmp_path / "state"
+
+
+def test_the_agent_checks_a_keyfile_that_bypassed_the_document_model(tmp_path: Path) -> None:
+    """A request model built without validation (as a replica without the design doc could hold)."""
+    from agent_ca import TestCA, state_doc
+
+    from agent.config import AgentConfig
+    from agent.hostagent import HostAgent
+    from store.couch import CouchClient
+    from store.documents import TlsCredential, TlsCredentialState
+    from store.hostkey import generate_host_key
+
+    key = generate_host_key(tmp_path / "state")
+    issued = TestCA().issue(["www.example.com"])
+    config = AgentConfig(
+        server="web1",
+        url="http://127.0.0.1:9",
+        db="certstore",
+        state_dir=tmp_path / "state",
+        data_dir=tmp_path / "data",
+    )
+    # Nothing is sent to this database: the checks fail before any report is written.
+    agent = HostAgent(config, CouchClient("http://127.0.0.1:9").db("certstore"), host_keys=[key])
+    for hostile in ("../../etc", "a/b", "x\x00", "*.example.com"):
+        agent._requests["site"] = TlsCredential(
+            name="site", hostnames=["www.example.com"], servers=["web1"], keyfile=hostile
+        )
+        agent._states["site"] = TlsCredentialState.from_doc(
+            state_doc("site", issued, {"web1": key.public_key})
+        )
+        agent.reconcile("site")
+        report = agent._reports["site"]
+        assert report.state == "failed" and report.error is not None and "keyfile" in report.error
+    assert not (tmp_path / "data").exists() and not (tmp_path / "etc").exists()

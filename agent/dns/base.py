@@ -308,3 +308,25 @@ class DnsProvider(abc.ABC):
             if clean != str(exc):
                 exc.args = (clean, *exc.args[1:])
             raise
+
+
+class UnusableProvider(DnsProvider):
+    """Stands in for a ``dns:`` document that cannot be used (bad settings, credentials sealed for
+    another certmgr): names under its zones fail with its reason instead of looking unserved."""
+
+    kind = "unusable"
+
+    def __init__(self, zones: Sequence[str], reason: str) -> None:
+        super().__init__(zones)
+        self.reason = reason
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], secrets: Mapping[str, str]) -> Self:
+        """Not built from a configuration: see :meth:`__init__`."""
+        raise ConfigError("an unusable DNS provider has no configuration", field="kind")
+
+    def _add_txt(self, zone: str, fqdn: str, value: str) -> None:
+        raise DnsError(self.reason, provider=self.kind)
+
+    def _delete_txt(self, zone: str, fqdn: str, value: str) -> None:
+        raise DnsError(self.reason, provider=self.kind)
