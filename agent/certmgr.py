@@ -68,6 +68,10 @@ REASON_CODES: Mapping[RevocationReason, int] = {
 }
 
 
+#: Statuses after a failure: the next attempt waits for the backoff table.
+FAILED = (Status.ERROR, Status.EXPIRED)
+
+
 class Action(StrEnum):
     """What a credential needs now."""
 
@@ -466,8 +470,8 @@ class Certmgr:
             return Plan(Action.RESEAL, "servers with access changed")
         if state.next_renewal is not None and now >= state.next_renewal:
             return self._retry_plan(state, request, Action.RENEW, "renewal is due", now)
-        if state.status is Status.ERROR:
-            # A retry of a failed renewal (the request itself is fine and the certificate is live).
+        if state.status in FAILED:
+            # A retry of a failed renewal (the request itself is fine; the certificate may be live).
             return self._retry_plan(state, request, Action.RENEW, "retrying after an error", now)
         return Plan(Action.NONE, "up to date", wake_at=state.next_renewal)
 
@@ -482,7 +486,7 @@ class Certmgr:
         """``action`` now, unless a failure of the same request asks to wait (the backoff table)."""
         if (
             state is not None
-            and state.status is Status.ERROR
+            and state.status in FAILED
             and state.next_attempt is not None
             and state.request_rev == request.rev
             and now < state.next_attempt
@@ -560,8 +564,10 @@ class Certmgr:
         delay = NO_RETRY if permanent else retry_delay(state.failures, retry_after, now=now)
         state.next_attempt = None if permanent else now + delay
         state.request_rev = request.rev if isinstance(request, TlsCredential) else None
-        # A certificate already issued stays on the state (and deployed): the status says what failed.
-        state.status = Status.ERROR
+        # A certificate already issued stays on the state (and deployed while it is valid): the
+        # status says what failed, and whether that certificate has run out meanwhile.
+        expired = state.not_after is not None and now >= state.not_after
+        state.status = Status.EXPIRED if expired else Status.ERROR
         when = "" if permanent else f"; next attempt {state.next_attempt:%Y-%m-%d %H:%M:%S}Z"
         hint = " (rate limited by the CA)" if rate_limited else ""
         state.status_message = f"{message}{hint}{when}"

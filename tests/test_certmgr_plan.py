@@ -222,3 +222,19 @@ def test_a_dns_provider_the_certmgr_cannot_open_fails_only_its_names(
         provider.present([TxtRecord("_acme-challenge.example.org", "x" * 43)])
     assert "dns:ns1 cannot be used" in str(info.value)
     assert "c2VjcmV0" not in str(info.value)
+
+
+def test_an_expired_certificate_whose_renewal_failed_is_expired_and_retried(certmgr: Certmgr) -> None:
+    from agent.certmgr import Plan
+
+    late = issued(
+        not_after=NOW - timedelta(hours=1),
+        not_before=NOW - timedelta(days=90),
+        next_renewal=NOW - timedelta(days=30),
+    )
+    assert plan_for(certmgr, request(), late).action is Action.RENEW
+    certmgr._write_state = lambda state: None  # type: ignore[method-assign]  # no database here
+    certmgr._record_failure("site", late, request(), "the CA is down")
+    assert late.status is Status.EXPIRED and late.next_attempt == NOW + RETRY_TABLE[0]
+    waiting = plan_for(certmgr, request(), late)
+    assert waiting == Plan(Action.NONE, "waiting to retry (renewal is due)", wake_at=NOW + RETRY_TABLE[0])
