@@ -9,21 +9,23 @@ database in plaintext.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from nacl.public import PublicKey
 
 from agent.renewal import utcnow
 from store import ids
 from store.couch import Database, JSONDict
-from store.documents import AcmeAccount, DnsProvider, RevokeAction, Server, TlsCredential
+from store.documents import AcmeAccount, DnsProvider, Document, RevokeAction, Server, TlsCredential
 from store.enrollment import CERTMGR_ROLE
 from store.errors import Conflict, NotFound, ValidationError
 from store.hostkey import public_key_from_b64
 from store.names import ChallengeKind, DnsKind, KeyType, RevocationReason
 from store.sealing import seal
+
+M = TypeVar("M", bound=Document)
 
 #: Well-known ACME directories an admin may name instead of a URL.
 DIRECTORY_PRESETS: Mapping[str, str] = {
@@ -105,34 +107,40 @@ def _choice(enum: Any, value: str, what: str) -> Any:
         raise ValidationError(f"unknown {what} {value!r} (use one of: {allowed})") from None
 
 
+def _update(db: Database, model_class: type[M], doc_id: str, what: str, change: Callable[[M], None]) -> M:
+    """Read ``doc_id``, apply ``change`` to its model and write it back, retrying on conflicts."""
+    for _attempt in range(5):
+        try:
+            model = model_class.from_doc(db.get(doc_id))
+        except NotFound:
+            raise ValidationError(f"there is no {what} ({doc_id})", doc_id=doc_id) from None
+        change(model)
+        doc = model.validated().to_doc()
+        try:
+            db.put(doc)
+        except Conflict:
+            continue  # it changed meanwhile: read it again
+        model.rev = doc["_rev"]
+        return model
+    raise ValidationError(f"{doc_id} keeps changing; try again", doc_id=doc_id)
+
+
 def request_action(
     db: Database, name: str, action: str, *, reason: str | None = None, at: datetime | None = None
 ) -> TlsCredential:
     """Set ``actions.<action>`` on ``credential:<name>`` to now; the certmgr carries it out once."""
-    doc_id = ids.credential_id(name)
     now = at or utcnow()
-    for _attempt in range(5):
-        try:
-            credential = TlsCredential.from_doc(db.get(doc_id))
-        except NotFound:
-            raise ValidationError(f"there is no credential {name!r} ({doc_id})", doc_id=doc_id) from None
-        if action == "renew":
-            credential.actions.renew = now
-        elif action == "rekey":
-            credential.actions.rekey = now
-        elif action == "revoke":
-            why = _choice(RevocationReason, reason or "unspecified", "revocation reason")
+    if action not in ("renew", "rekey", "revoke"):
+        raise ValidationError(f"unknown action {action!r} (renew, rekey or revoke)")
+    why = _choice(RevocationReason, reason or "unspecified", "revocation reason")
+
+    def ask(credential: TlsCredential) -> None:
+        if action == "revoke":
             credential.actions.revoke = RevokeAction(at=now, reason=why)
         else:
-            raise ValidationError(f"unknown action {action!r} (renew, rekey or revoke)")
-        doc = credential.validated().to_doc()
-        try:
-            db.put(doc)
-        except Conflict:
-            continue  # the request changed meanwhile: read it again
-        credential.rev = doc["_rev"]
-        return credential
-    raise ValidationError(f"{doc_id} keeps changing; try again")
+            setattr(credential.actions, action, now)
+
+    return _update(db, TlsCredential, ids.credential_id(name), f"credential {name!r}", ask)
 
 
 def add_account(
@@ -164,21 +172,12 @@ def add_account(
 
 def request_rollover(db: Database, name: str, *, at: datetime | None = None) -> AcmeAccount:
     """Set ``rollover`` on ``account:<name>``: the certmgr replaces the account key once."""
-    doc_id = ids.account_id(name)
-    for _attempt in range(5):
-        try:
-            account = AcmeAccount.from_doc(db.get(doc_id))
-        except NotFound:
-            raise ValidationError(f"there is no ACME account {name!r} ({doc_id})", doc_id=doc_id) from None
-        account.rollover = at or utcnow()
-        doc = account.validated().to_doc()
-        try:
-            db.put(doc)
-        except Conflict:
-            continue
-        account.rev = doc["_rev"]
-        return account
-    raise ValidationError(f"{doc_id} keeps changing; try again")
+    now = at or utcnow()
+
+    def ask(account: AcmeAccount) -> None:
+        account.rollover = now
+
+    return _update(db, AcmeAccount, ids.account_id(name), f"ACME account {name!r}", ask)
 
 
 def add_dns_provider(

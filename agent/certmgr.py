@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -53,19 +53,6 @@ from store.names import Provider, RevocationReason, Status
 from store.sealing import open_envelope, open_private_key_pem, seal, seal_private_key_pem
 
 log = logging.getLogger(__name__)
-
-#: RFC 5280 reason codes by name.
-REASON_CODES: Mapping[RevocationReason, int] = {
-    RevocationReason.UNSPECIFIED: 0,
-    RevocationReason.KEY_COMPROMISE: 1,
-    RevocationReason.CA_COMPROMISE: 2,
-    RevocationReason.AFFILIATION_CHANGED: 3,
-    RevocationReason.SUPERSEDED: 4,
-    RevocationReason.CESSATION_OF_OPERATION: 5,
-    RevocationReason.CERTIFICATE_HOLD: 6,
-    RevocationReason.PRIVILEGE_WITHDRAWN: 9,
-    RevocationReason.AA_COMPROMISE: 10,
-}
 
 
 #: Statuses after a failure: the next attempt waits for the backoff table.
@@ -778,7 +765,7 @@ class Certmgr:
     ) -> None:
         leaf = split_chain(chain_pem.encode())[0]
         try:
-            issuer.revoke(leaf, REASON_CODES[reason])
+            issuer.revoke(leaf, reason.code)
         except CertstoreError as exc:
             log.warning("credential %s: revoking the replaced certificate failed: %s", name, exc)
 
@@ -789,7 +776,7 @@ class Certmgr:
         account = state.account or self.account_name(request)
         assert account is not None
         leaf = split_chain(state.chain_pem.encode())[0]
-        self.issuer_for(account).revoke(leaf, REASON_CODES[revoke.reason])
+        self.issuer_for(account).revoke(leaf, revoke.reason.code)
         state.status = Status.REVOKED
         state.handled_actions.revoke = revoke.at
         state.next_renewal = None

@@ -243,10 +243,13 @@ class Reporter:
         next_heartbeat = time.monotonic()
         while not self._stop.is_set():
             with self._cond:
+                # While the agent catches up, reports wait (the newest per credential is kept): a
+                # fresh agent's thousand reports would otherwise compete with the feed it is reading.
+                holding = self.agent.catching_up()
                 timeout = max(0.0, min(1.0, next_heartbeat - time.monotonic()))
-                if not self._pending and not self._stop.is_set():
+                if (holding or not self._pending) and not self._stop.is_set():
                     self._cond.wait(timeout)
-                batch = dict(self._pending)
+                batch = {} if holding else dict(self._pending)
                 status_dirty, self._status_dirty = self._status_dirty, False
             if status_dirty:
                 self.agent.write_status_file()
@@ -377,7 +380,7 @@ class HostAgent:
             return
         doc = None if change.deleted else change.doc
         with self._lock:
-            if self._need_state and not self._catching_up():
+            if self._need_state and not self.catching_up():
                 self.fetch_missing_states()  # left over from catch-up (the database was away then)
             if parsed.kind == ids.KIND_CREDENTIAL:
                 self._learn_request(parsed.name, doc)
@@ -405,7 +408,7 @@ class HostAgent:
             return
         self._requests[name] = request
         if name not in self._states:
-            if self._catching_up():
+            if self.catching_up():
                 # Usually the state comes later in the feed; those that do not are read in bulk once
                 # caught up (one request per hundred instead of one per credential).
                 self._need_state.add(name)
@@ -414,7 +417,8 @@ class HostAgent:
                 # issuance); a CouchError here makes the follower retry this change after a backoff.
                 self._learn_state(name, self.db.get_or_none(ids.credential_state_id(name)))
 
-    def _catching_up(self) -> bool:
+    def catching_up(self) -> bool:
+        """True until the follower has read the feed to its end once."""
         return self.follower is None or not self.follower.stats.caught_up.is_set()
 
     def fetch_missing_states(self) -> None:
@@ -877,7 +881,7 @@ class HostAgent:
         # A backstop for missed file events, and the status file's refresh.
         while not stop_event.wait(min(30.0, self.config.heartbeat_interval)):
             try:
-                if self._need_state and not self._catching_up():
+                if self._need_state and not self.catching_up():
                     self.fetch_missing_states()  # the read at catch-up failed and no change came since
                 self.check_drift()
             except Exception:  # keep checking; the next round may succeed

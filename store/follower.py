@@ -28,6 +28,7 @@ import httpx
 
 from store.couch import Database, Feed, JSONDict
 from store.errors import CouchError, CouchUnreachable, Forbidden, Unauthorized
+from store.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class FileCheckpoint:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
 
 
 class MemoryCheckpoint:

@@ -30,6 +30,7 @@ import nacl.utils
 from nacl.public import PrivateKey, PublicKey
 
 from store.errors import InvalidPublicKey, KeyFileError
+from store.files import fsync_dir
 
 KEY_FILE_NAME = "hostkey.json"
 KEY_FILE_VERSION = 1
@@ -164,7 +165,7 @@ def generate_host_key(state_dir: Path, *, overwrite: bool = False) -> HostKey:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _fsync_dir(state_dir)
+    fsync_dir(state_dir)
     return host_key
 
 
@@ -296,11 +297,3 @@ def _back_up(path: Path) -> None:
     except FileExistsError:
         raise KeyFileError(f"backup {backup} already exists; not rotating twice in one microsecond") from None
     os.chmod(backup, 0o600)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -30,7 +30,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 import types
 import typing
 import urllib.parse
@@ -49,6 +48,7 @@ import dns.update
 import httpx
 
 from store.errors import InstallError, ServiceError, ServiceStartError
+from store.follower import wait_for
 
 LOOPBACK = "127.0.0.1"
 STATE_FILE_NAME = "state.json"
@@ -178,7 +178,7 @@ def _spawn(
     _children[popen.pid] = (popen, proc)
     # Between fork and exec the child still shows *our* command line (and briefly an empty one): wait
     # until it shows the one we launched, so that from now on process_alive() is exact.
-    poll_until(
+    wait_for(
         lambda: popen.poll() is not None or _cmdline(popen.pid) == proc.argv, timeout=5.0, interval=0.005
     )
     return proc
@@ -211,20 +211,9 @@ def stop_process(proc: ServiceProcess, *, timeout: float = STOP_TIMEOUT) -> bool
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        if poll_until(lambda: _gone(proc), timeout=timeout):
+        if wait_for(lambda: _gone(proc), timeout=timeout):
             return True
     raise ServiceError(f"process {proc.pid} ({proc.argv[0]}) survived SIGKILL")
-
-
-def poll_until(condition: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``condition`` until it is true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def last_line(text: str) -> str:
@@ -252,7 +241,7 @@ def _wait_ready(proc: ServiceProcess, service: str, ready: Callable[[], bool], t
             )
         return ready()
 
-    if not poll_until(check, timeout=timeout):
+    if not wait_for(check, timeout=timeout):
         stop_process(proc)
         raise ServiceStartError(
             f"{service} did not become ready within {timeout:.0f} s: {_log_last_line(proc.log_file)}"

@@ -22,6 +22,7 @@ import pytest
 from cryptography import x509
 
 from store import localservices
+from store.follower import wait_for
 from store.localservices import BindServer, ChallTestSrv, Pebble
 
 pytestmark = pytest.mark.integration
@@ -225,7 +226,7 @@ def test_continuous_replication_into_a_validated_database_keeps_conflicts(
             response = request(server, "GET", "/dst/doc", open_revs="all", revs="true")
             return response.status_code == 200 and revision_tree(server, "dst", "doc") == expected
 
-        assert localservices.poll_until(arrived, timeout=10)
+        assert wait_for(arrived, timeout=10)
     finally:
         localservices.stop_service(node)
 
@@ -280,7 +281,7 @@ def test_dev_up_status_down_round_trip(
         node1 = state.nodes[0]
         assert node1.pid is not None
         os.killpg(node1.pid, signal.SIGKILL)
-        assert localservices.poll_until(
+        assert wait_for(
             lambda: not localservices.dev_status(tmp_path).alive["node1"], timeout=5
         )
         revived = localservices.dev_up(tmp_path, 2)
