@@ -91,6 +91,10 @@ def replicate_add(
     name: Annotated[
         str | None, typer.Option(help="A name for this pair (default: derived from the URLs).")
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="The server this replica belongs to: it then skips the other servers' reports."),
+    ] = None,
     on: Annotated[
         str, typer.Option(help="Which server runs the replication: 'replica' (default) or 'hub'.")
     ] = "replica",
@@ -101,7 +105,7 @@ def replicate_add(
     if on not in ("replica", "hub"):
         raise typer.BadParameter("must be 'replica' or 'hub'", param_hint="--on")
     with CouchClient(replica if on == "replica" else hub) as client:
-        ids = replication.add(client, hub_end, replica_end, name)
+        ids = replication.add(client, hub_end, replica_end, name, server=server)
     out.print(f"replicating {hub_end.shown()} <-> {replica_end.shown()} ({', '.join(ids)})")
 
 

@@ -45,8 +45,16 @@ def run_cmd(config: ConfigOpt) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     agent = HostAgent(settings, open_database(settings))
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            agent.run(stop)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the main thread, where the CLI reports it
+            failure.append(exc)
+
     # The follower blocks in a read; run it in a thread so a signal ends it promptly.
-    worker = threading.Thread(target=agent.run, args=(stop,), name="agent", daemon=True)
+    worker = threading.Thread(target=work, name="agent", daemon=True)
     worker.start()
     while worker.is_alive() and not stop.wait(0.5):
         pass
@@ -54,6 +62,8 @@ def run_cmd(config: ConfigOpt) -> None:
     if agent.follower is not None:
         agent.follower.stop()
     worker.join(30)
+    if failure:
+        raise failure[0]
 
 
 def agent_status(config: AgentConfig, *, query_db: bool = True, timeout: float = 5.0) -> dict[str, Any]:

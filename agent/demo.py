@@ -223,6 +223,7 @@ class Demo:
             replication.Endpoint(hub_admin_url, DB),
             replication.Endpoint(node_admin_url, DB),
             name=server,
+            server=server,
         )
         user = create_server_user(node_admin, server, reset=True)
         db = CouchClient(node_url, user=user.user, password=user.password).db(DB)

@@ -47,7 +47,7 @@ from cryptography.exceptions import InvalidSignature
 from agent import __version__
 from agent.config import AgentConfig
 from agent.drift import DriftWatcher
-from agent.errors import DeployError
+from agent.errors import ConfigError, DeployError
 from agent.hooks import StepResult, live_check, run_hook
 from agent.keyring import FaultHook, FileOwner, KeyMaterial, Keyring, read_meta
 from agent.keys import certificate_info, key_matches_certificate, load_certificate, split_chain, verify_chain
@@ -818,7 +818,13 @@ class HostAgent:
             self.responder = Responder(
                 self.challenges, self.config.responder_host, self.config.responder_port
             )
-            self.responder.start()
+            try:
+                self.responder.start()
+            except OSError as exc:
+                where = f"{self.config.responder_host}:{self.config.responder_port}"
+                raise ConfigError(
+                    f"cannot listen on {where} for HTTP-01: {exc.strerror or exc}", field="responder.listen"
+                ) from None
         watcher = DriftWatcher(self.paths.data_dir, self.check_drift) if self._watch else None
         checkpoint: BatchingCheckpoint | None = None
         try:

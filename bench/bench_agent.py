@@ -108,6 +108,7 @@ def propagation(agents: int, rounds: int, node_count: int, root: Path) -> None:
                 replication.Endpoint(hub_node.admin_url, DB),
                 replication.Endpoint(node.admin_url, replica_db),
                 name=f"{name}-bench",
+                server=name,
             )
             enroll(hub, name, root / f"p1-{agents}" / name / "state")
             keys[name] = load_host_key(root / f"p1-{agents}" / name / "state")

@@ -55,7 +55,7 @@ for server in $CERTSTORE_SERVERS; do
         echo "server $server: user created on couch-$server"
     fi
     certstore replicate add --hub "$(admin_url hub)" --replica "$(admin_url "$server")" \
-        --hub-db "$db" --replica-db "$db" --name "$server"
+        --hub-db "$db" --replica-db "$db" --name "$server" --server "$server"
 done
 
 if [ -s "/secrets/$CERTSTORE_CERTMGR/password" ]; then

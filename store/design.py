@@ -1,9 +1,10 @@
 """Builds the ``_design/certstore`` document from the files under ``design_docs/certstore/``.
 
-Layout: ``validate_doc_update.js`` and ``views/<view>/map.js`` (+ optional ``reduce.js``, which holds a
-JavaScript function or a built-in reducer such as ``_count``). Each file holds one function expression
-starting with ``function``. The built document carries ``certstore_version``, a SHA-256 over its content,
-so ``certstore init`` updates the database's copy only when the files changed.
+Layout: ``validate_doc_update.js``, ``views/<view>/map.js`` (+ optional ``reduce.js``, which holds a
+JavaScript function or a built-in reducer such as ``_count``) and ``filters/<filter>.js``. Each file
+holds one function expression starting with ``function``. The built document carries
+``certstore_version``, a SHA-256 over its content, so ``certstore init`` updates the database's copy
+only when the files changed.
 """
 
 from __future__ import annotations
@@ -60,11 +61,14 @@ def load_design_doc(root: Path = DESIGN_DOCS_DIR) -> dict[str, Any]:
             reduce = _read(reduce_file)
             view["reduce"] = reduce if reduce.startswith("_") else _function(reduce_file)
         views[view_dir.name] = view
+    filters_dir = base / "filters"
+    filters = {path.stem: _function(path) for path in sorted(filters_dir.glob("*.js"))}
     doc: dict[str, Any] = {
         "_id": ids.DESIGN,
         "language": "javascript",
         "validate_doc_update": _function(base / "validate_doc_update.js"),
         "views": views,
+        "filters": filters,
     }
     doc[VERSION_FIELD] = design_version(doc)
     return doc

@@ -14,6 +14,7 @@ from typing import Any
 from store.couch import CouchClient, JSONDict, ServerURL, redact
 from store.errors import Forbidden, NotFound, ValidationError
 from store.ids import replication_doc_id, replication_name
+from store.names import check_name
 
 REPLICATOR_DB = "_replicator"
 
@@ -55,8 +56,24 @@ def default_name(hub: Endpoint, replica: Endpoint) -> str:
     return "r" + digest[:12]
 
 
-def add(client: CouchClient, hub: Endpoint, replica: Endpoint, name: str | None = None) -> list[str]:
-    """Write (or refresh) the pull and push documents on ``client``'s ``_replicator``; return ids."""
+#: The design document's filter that keeps a server's replica to what that server needs.
+REPLICA_FILTER = "certstore/replica"
+
+
+def add(
+    client: CouchClient,
+    hub: Endpoint,
+    replica: Endpoint,
+    name: str | None = None,
+    *,
+    server: str | None = None,
+) -> list[str]:
+    """Write (or refresh) the pull and push documents on ``client``'s ``_replicator``; return ids.
+
+    With ``server`` the replica is that server's: the other servers' ``server:`` and ``deploy:``
+    documents stay on the hub (the ``certstore/replica`` filter), so a fleet of N servers moves N,
+    not N x N, reports. Without it the replica is a full copy (a standby hub, say).
+    """
     pair_name = replication_name(name) if name else default_name(hub, replica)
     replicator = client.db(REPLICATOR_DB)
     replicator.create(exist_ok=True)
@@ -71,9 +88,15 @@ def add(client: CouchClient, hub: Endpoint, replica: Endpoint, name: str | None 
             "create_target": False,
             "certstore": {"name": pair_name, "direction": direction},
         }
+        if server is not None:
+            doc["filter"] = REPLICA_FILTER
+            doc["query_params"] = {"server": check_name(server)}
         existing = replicator.get_or_none(doc_id)
         if existing is not None:
-            if all(existing.get(k) == doc[k] for k in ("source", "target", "continuous")):
+            if all(
+                existing.get(k) == doc.get(k)
+                for k in ("source", "target", "continuous", "filter", "query_params")
+            ):
                 written.append(doc_id)
                 continue
             # A changed endpoint (new credentials, say): replace the document. CouchDB restarts the

@@ -143,6 +143,7 @@ def add_host(
         replication.Endpoint(hub_server.with_credentials(), fleet.hub.name),
         replication.Endpoint(replica_server.admin_url, replica_db),
         name=f"{name}-{replica_db}".replace("_", "-")[:60],
+        server=name,
     )
     state_dir = tmp_path / name
     enroll(db, name, state_dir)
