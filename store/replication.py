@@ -91,11 +91,14 @@ def add(
         if server is not None:
             doc["filter"] = REPLICA_FILTER
             doc["query_params"] = {"server": check_name(server)}
+            # pouchdb-server checkpoints on both sides after every batch; keep the hub's checkpoint
+            # writes off it (the replica side holds them). CouchDB 3 ignores the field.
+            doc["checkpoint"] = "target" if direction == "pull" else "source"
         existing = replicator.get_or_none(doc_id)
         if existing is not None:
             if all(
                 existing.get(k) == doc.get(k)
-                for k in ("source", "target", "continuous", "filter", "query_params")
+                for k in ("source", "target", "continuous", "filter", "query_params", "checkpoint")
             ):
                 written.append(doc_id)
                 continue
