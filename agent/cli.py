@@ -2,29 +2,117 @@
 
 This is the only place where errors become messages and exit codes: a :class:`CertstoreError`
 prints one line on stderr and exits 1; nothing prints a traceback at a user.
+
+The command groups live in their own modules and are imported only when used (:class:`LazyGroup`):
+``certstore agent run`` must not carry the certmgr's ACME client, DNS libraries and rich tables in
+the memory of every host.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
-from typing import Annotated
+from collections.abc import Iterator, MutableMapping
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+import typer.main
+from typer._click import Command
+from typer.core import TyperGroup
 
 from agent import __version__
-from agent.cli_admin import account_app, credential_app, dns_app
-from agent.cli_agent import agent_app
-from agent.cli_certmgr import certmgr_app
-from agent.cli_demo import demo_cmd
-from agent.cli_dev import dev_app
 from agent.cli_options import DEFAULT_DB, DbOpt, JsonOpt, UrlOpt, out
-from agent.cli_server import server_app
-from agent.cli_status import status_cmd
-from store import provision, replication
 from store.couch import CouchClient
 from store.errors import CertstoreError
+
+#: The commands defined in other modules: name -> (module, attribute: a Typer group or a command
+#: function, help replacing the group's own).
+LAZY_COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "demo": ("agent.cli_demo", "demo_cmd", None),
+    "status": ("agent.cli_status", "status_cmd", None),
+    "dev": (
+        "agent.cli_dev",
+        "dev_app",
+        "Run the local services (pouchdb-server, pebble, DNS) for demos and tests.",
+    ),
+    "server": ("agent.cli_server", "server_app", None),
+    "credential": ("agent.cli_admin", "credential_app", None),
+    "account": ("agent.cli_admin", "account_app", None),
+    "dns": ("agent.cli_admin", "dns_app", None),
+    "certmgr": ("agent.cli_certmgr", "certmgr_app", None),
+    "agent": ("agent.cli_agent", "agent_app", None),
+}
+#: ``certstore --help`` order; ``init`` and ``replicate`` are defined in this module.
+COMMAND_ORDER = (
+    "demo",
+    "status",
+    "init",
+    "dev",
+    "server",
+    "credential",
+    "account",
+    "dns",
+    "certmgr",
+    "agent",
+    "replicate",
+)
+
+
+def _load_command(name: str) -> Command:
+    module, attribute, help_text = LAZY_COMMANDS[name]
+    target = getattr(importlib.import_module(module), attribute)
+    command: Command
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_group(target)
+    else:
+        single = typer.Typer(add_completion=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    if help_text is not None:
+        command.help = help_text
+    return command
+
+
+class _Commands(MutableMapping[str, Command]):
+    """The root's commands: the ones built here, and the others imported the first time they are read."""
+
+    def __init__(self, built: MutableMapping[str, Command]) -> None:
+        self._built = dict(built)
+
+    def __getitem__(self, name: str) -> Command:
+        if name not in self._built:
+            if name not in LAZY_COMMANDS:
+                raise KeyError(name)
+            self._built[name] = _load_command(name)
+        return self._built[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._built or name in LAZY_COMMANDS
+
+    def __iter__(self) -> Iterator[str]:
+        names = [*LAZY_COMMANDS, *(name for name in self._built if name not in LAZY_COMMANDS)]
+        last = len(COMMAND_ORDER)
+        return iter(sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else last))
+
+    def __len__(self) -> int:
+        return len(set(self._built) | set(LAZY_COMMANDS))
+
+    def __setitem__(self, name: str, command: Command) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._built[name]
+
+
+class LazyGroup(TyperGroup):
+    """The root command group, whose command groups are imported on first use (see LAZY_COMMANDS)."""
+
+    def __init__(self, *, commands: Any = None, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _Commands(dict(commands or {}))
+
 
 app = typer.Typer(
     name="certstore",
@@ -32,18 +120,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=LazyGroup,
 )
-app.add_typer(
-    dev_app, name="dev", help="Run the local services (pouchdb-server, pebble, DNS) for demos and tests."
-)
-app.add_typer(server_app, name="server")
-app.add_typer(credential_app, name="credential")
-app.add_typer(account_app, name="account")
-app.add_typer(dns_app, name="dns")
-app.add_typer(certmgr_app, name="certmgr")
-app.command("demo")(demo_cmd)
-app.add_typer(agent_app, name="agent")
-app.command("status")(status_cmd)
 replicate_app = typer.Typer(
     help="Continuous replication between the hub and server replicas.", no_args_is_help=True
 )
@@ -76,6 +154,8 @@ def _root(
 @app.command("init")
 def init_cmd(url: UrlOpt, db: DbOpt = DEFAULT_DB) -> None:
     """Create the database, install the design document, set _security, write default settings."""
+    from store import provision
+
     with CouchClient(url) as client:
         report = provision.init_database(client, db)
     for line in report.lines():
@@ -100,6 +180,8 @@ def replicate_add(
     ] = "replica",
 ) -> None:
     """Replicate continuously hub → replica and replica → hub."""
+    from store import replication
+
     hub_end = replication.Endpoint(hub, hub_db)
     replica_end = replication.Endpoint(replica, replica_db)
     if on not in ("replica", "hub"):
@@ -112,6 +194,10 @@ def replicate_add(
 @replicate_app.command("list")
 def replicate_list(url: UrlOpt, as_json: JsonOpt = False) -> None:
     """List the replications certstore manages on a server."""
+    from rich.table import Table
+
+    from store import replication
+
     with CouchClient(url) as client:
         found = replication.list_replications(client)
     if as_json:
@@ -126,6 +212,8 @@ def replicate_list(url: UrlOpt, as_json: JsonOpt = False) -> None:
 @replicate_app.command("remove")
 def replicate_remove(url: UrlOpt, name: Annotated[str, typer.Argument(help="The pair's name.")]) -> None:
     """Stop and delete a replication pair."""
+    from store import replication
+
     with CouchClient(url) as client:
         removed = replication.remove(client, name)
     out.print(f"removed {', '.join(removed)}")

@@ -25,5 +25,5 @@ def demo_cmd(
 ) -> None:
     """Run a whole fleet here: hub + 3 replicas, pebble, BIND, the certmgr and 3 agents."""
     stop = stop_on_signals()
-    if not run_demo(directory, once=once, console=out, stop=stop):
+    if not run_demo(directory, once=once, console=out.console, stop=stop):
         raise typer.Exit(1)

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
-#: Standard output for every command; soft wrap keeps long lines whole for scripts.
-out = Console(soft_wrap=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class LazyConsole:
+    """rich's Console, made on first use: ``certstore agent run`` prints nothing with it, and a
+    process that runs on every host for months should not carry rich for nothing."""
+
+    def __init__(self) -> None:
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            # Soft wrap keeps long lines whole for scripts.
+            self._console = Console(soft_wrap=True, highlight=False)
+        return self._console
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        self.console.print(*objects, **options)
+
+    def print_json(self, json: str | None = None, **options: Any) -> None:
+        self.console.print_json(json, **options)
+
+
+#: Standard output for every command.
+out = LazyConsole()
 
 UrlOpt = Annotated[
     str,

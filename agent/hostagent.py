@@ -34,8 +34,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -49,7 +50,7 @@ from agent.config import AgentConfig
 from agent.drift import DriftWatcher
 from agent.errors import ConfigError, DeployError
 from agent.hooks import StepResult, live_check, run_hook
-from agent.keyring import FaultHook, FileOwner, KeyMaterial, Keyring, read_meta
+from agent.keyring import FaultHook, FileOwner, KeyMaterial, Keyring, StagedVersion, read_meta
 from agent.keys import certificate_info, key_matches_certificate, load_certificate, split_chain, verify_chain
 from agent.paths import AgentPaths, check_keyfile
 from agent.responder import ChallengeMap, Responder, apply_challenge_doc
@@ -77,6 +78,8 @@ _WITHDRAWN = (Status.REVOKED, Status.EXPIRED, Status.ARCHIVED)
 _CURRENT = (Status.ISSUED, Status.RENEW)
 #: Seconds between retries of reports the database did not take (it may be offline).
 REPORT_BACKOFF: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
+#: Versions staged while catching up before they are committed even if no checkpoint is due.
+MAX_STAGED = 500
 
 
 def _now() -> datetime:
@@ -90,11 +93,22 @@ class BatchingCheckpoint(FileCheckpoint):
     skips a change; it only means a crash replays a few already-applied changes, and applying a change
     again is a no-op (the agent compares what it holds with what the documents ask for). Once the
     follower has caught up, every change is saved as it is applied.
+
+    ``before_save`` runs before each write: the agent commits the versions it staged meanwhile, so
+    the checkpoint never names a change whose files are not yet durable and live.
     """
 
-    def __init__(self, path: Path, *, live: Callable[[], bool], interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        live: Callable[[], bool],
+        before_save: Callable[[], None] = lambda: None,
+        interval_s: float = 1.0,
+    ) -> None:
         super().__init__(path)
         self._live = live
+        self._before_save = before_save
         self._interval_s = interval_s
         self._pending: Any = None
         self._dirty = False
@@ -103,6 +117,7 @@ class BatchingCheckpoint(FileCheckpoint):
     def save(self, seq: Any) -> None:
         now = time.monotonic()
         if self._live() or now - self._last >= self._interval_s:
+            self._before_save()
             super().save(seq)
             self._last, self._dirty = now, False
         else:
@@ -110,6 +125,7 @@ class BatchingCheckpoint(FileCheckpoint):
 
     def flush(self) -> None:
         """Write a seq held back during catch-up."""
+        self._before_save()
         if self._dirty:
             super().save(self._pending)
             self._dirty = False
@@ -123,6 +139,26 @@ class Held:
     fingerprint: str
     serial: str
     meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Deployed:
+    """What a deploy needs to remember of its key material once the files are written (no key)."""
+
+    fingerprint_sha256: str
+    serial: str
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A deploy staged while catching up, finished by :meth:`HostAgent.commit_staged`."""
+
+    request: TlsCredential
+    keyfile: str
+    held: Held | None
+    facts: _Deployed
+    staged: StagedVersion
 
 
 @dataclass
@@ -336,12 +372,16 @@ class HostAgent:
         self._host_keys = host_keys
         self._clock = clock
         self._watch = watch
+        self._watcher: DriftWatcher | None = None
+        self._wake_periodic = threading.Event()
         # 0 writes the checkpoint after every change during catch-up too (bench/bench_agent.py compares).
         self._catch_up_checkpoint_s = catch_up_checkpoint_s
         self._lock = threading.RLock()
         self._requests: dict[str, TlsCredential] = {}
         self._states: dict[str, TlsCredentialState] = {}
         self._held: dict[str, Held] = {}
+        self._staged: dict[str, _Pending] = {}  # written while catching up, not yet durable nor live
+        self._batching = False  # stage deploys even when not catching up (see _batch)
         self._reports: dict[str, Report] = {}
         self._failed: dict[str, str] = {}  # credential -> fingerprint whose reload hook failed
         self._need_state: set[str] = set()  # requests learnt while catching up, state not seen yet
@@ -438,11 +478,26 @@ class HostAgent:
                         self.reconcile(name)
 
     def _on_caught_up(self, checkpoint: BatchingCheckpoint) -> None:
-        try:
-            self.fetch_missing_states()
-        except CouchError as exc:
-            log.warning("cannot read the remaining states yet: %s (retried with the next change)", exc)
+        with self._batch():
+            try:
+                self.fetch_missing_states()
+            except CouchError as exc:
+                log.warning("cannot read the remaining states yet: %s (retried with the next change)", exc)
         checkpoint.flush()
+        self._wake_periodic.set()  # start the drift watcher now, from the periodic thread
+
+    def _start_watching(self) -> None:
+        """Start the drift watcher (once); :meth:`_periodic` then checks every live set.
+
+        Not from the start: while catching up, the agent's own thousands of writes would each be an
+        event for the watcher's thread to handle, competing with the deploys for the interpreter.
+        The periodic thread starts it as soon as the agent has caught up, or at its first round if
+        catching up takes long (the database away), and its full check covers what changed before.
+        """
+        with self._lock:
+            if self._watch and self._watcher is None:
+                self._watcher = DriftWatcher(self.paths.data_dir, self.check_drift)
+                self._watcher.start()
 
     def _learn_state(self, name: str, doc: JSONDict | None) -> None:
         self._need_state.discard(name)
@@ -474,6 +529,8 @@ class HostAgent:
     def reconcile(self, name: str) -> None:
         """Bring this host's files for credential ``name`` in line with what is known of it."""
         with self._lock:
+            if name in self._staged:
+                self.commit_staged()  # decide from what is live, not from a version still in flight
             request = self._requests.get(name)
             state = self._states.get(name)
             held = self._held.get(name)
@@ -561,7 +618,7 @@ class HostAgent:
         repair: str | None = None,
     ) -> None:
         name = request.name
-        owner = next((n for n, h in self._held.items() if h.keyfile == keyfile and n != name), None)
+        owner = self._keyfile_owner(keyfile, name)
         try:
             if owner is not None:
                 raise DeployError(
@@ -572,32 +629,107 @@ class HostAgent:
             log.warning("not deploying %s: %s", name, exc)
             self._report(Report(name, "failed", keyfile=keyfile, serial=state.serial, error=str(exc)))
             return
+        facts = _Deployed(material.fingerprint_sha256, material.serial, material.not_after)
+        staging = repair is None and (self._batching or self.catching_up())
+        if not staging:
+            self.commit_staged()  # what an install does must come after what was staged before it
         try:
+            if staging:
+                # Made durable and live together with the rest of the batch (commit_staged).
+                staged = self.keyring.stage(keyfile, material)
+                self._staged[name] = _Pending(request, keyfile, held, facts, staged)
+                if len(self._staged) >= MAX_STAGED:
+                    self.commit_staged()
+                return
             version, previous = self.keyring.install(keyfile, material)
+            meta = read_meta(version) or {}
         except OSError as exc:
             # Disk full, a read-only mount, a permission: report it and go on with the feed; the
             # live set is untouched (install switches only after a complete version is written).
-            log.error("cannot write the keyring of %s: %s", name, exc)
             self.keyring.clean_partial()
-            self._report(
-                Report(
-                    name,
-                    "failed",
-                    keyfile=keyfile,
-                    serial=state.serial,
-                    error=f"cannot write the keyring files: {exc.strerror or exc}",
-                )
-            )
+            self._cannot_write(name, keyfile, state.serial, exc)
             return
-        new = Held(keyfile, material.fingerprint_sha256, material.serial, read_meta(version) or {})
+        self._switched(request, keyfile, held, facts, meta, version, previous, repair)
+
+    @contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Stage the deploys made inside (as while catching up), and commit them at the end."""
+        with self._lock:
+            self._batching = True
+            try:
+                yield
+            finally:
+                self._batching = False
+                self.commit_staged()
+
+    def _keyfile_owner(self, keyfile: str, name: str) -> str | None:
+        """Another credential that holds ``keyfile`` or has a version of it staged, if any."""
+        for other, held in self._held.items():
+            if held.keyfile == keyfile and other != name:
+                return other
+        for other, pending in self._staged.items():
+            if pending.keyfile == keyfile and other != name:
+                return other
+        return None
+
+    def commit_staged(self) -> None:
+        """Make the versions staged while catching up durable and live (:meth:`Keyring.commit`), then
+        finish each deploy as :meth:`_deploy` does: hook, report, prune.
+
+        Called before every checkpoint write, so the checkpoint never names a change whose files are
+        not yet live and durable.
+        """
+        with self._lock:
+            pending, self._staged = self._staged, {}
+            if not pending:
+                return
+            try:
+                results = self.keyring.commit([p.staged for p in pending.values()])
+            except OSError as exc:
+                self.keyring.clean_partial()
+                for name, p in pending.items():
+                    self._cannot_write(name, p.keyfile, p.facts.serial, exc)
+                return
+            for (name, p), result in zip(pending.items(), results, strict=True):
+                if isinstance(result, OSError):
+                    self._cannot_write(name, p.keyfile, p.facts.serial, result)
+                else:
+                    self._switched(p.request, p.keyfile, p.held, p.facts, p.staged.meta, *result, None)
+
+    def _cannot_write(self, name: str, keyfile: str, serial: str | None, exc: OSError) -> None:
+        log.error("cannot write the keyring of %s: %s", name, exc)
+        self._report(
+            Report(
+                name,
+                "failed",
+                keyfile=keyfile,
+                serial=serial,
+                error=f"cannot write the keyring files: {exc.strerror or exc}",
+            )
+        )
+
+    def _switched(
+        self,
+        request: TlsCredential,
+        keyfile: str,
+        held: Held | None,
+        facts: _Deployed,
+        meta: dict[str, Any],
+        version: Path,
+        previous: Path | None,
+        repair: str | None,
+    ) -> None:
+        """After ``live/<keyfile>`` points at ``version``: the hook (rolling back if it fails), the report."""
+        name = request.name
+        new = Held(keyfile, facts.fingerprint_sha256, facts.serial, meta)
         base = self._reports.get(name)
         report = Report(
             name,
             "deployed",
             keyfile=keyfile,
-            serial=material.serial,
-            fingerprint_sha256=material.fingerprint_sha256,
-            not_after=format_timestamp(material.not_after),
+            serial=facts.serial,
+            fingerprint_sha256=facts.fingerprint_sha256,
+            not_after=format_timestamp(facts.not_after),
             paths=self.paths.live_paths(keyfile),
             deployed_at=_now(),
             drift_repairs=base.drift_repairs if base is not None else 0,
@@ -615,7 +747,7 @@ class HostAgent:
                 report.hook_result, report.hook_at = hook_result, _now()
                 if not hook_result.ok:
                     self.keyring.rollback(keyfile, version, previous)
-                    self._failed[name] = material.fingerprint_sha256
+                    self._failed[name] = facts.fingerprint_sha256
                     back = "the previous version" if previous is not None else "nothing (no previous version)"
                     report.state = "rolled-back"
                     report.error = f"reload hook failed, rolled back to {back}: {hook_result.message}"
@@ -634,7 +766,7 @@ class HostAgent:
         endpoint = self.config.options_for(name).live_check or request.live_check
         if endpoint and repair is None:
             self._live_checks.submit(
-                self._run_live_check, name, endpoint, request.hostnames[0], material.fingerprint_sha256
+                self._run_live_check, name, endpoint, request.hostnames[0], facts.fingerprint_sha256
             )
 
     def _run_hook(self, request: TlsCredential, keyfile: str) -> StepResult | None:
@@ -705,6 +837,7 @@ class HostAgent:
         """
         restored = 0
         with self._lock:
+            self.commit_staged()  # a repair installs at once: nothing staged may come after it
             for name, held in list(self._held.items()):
                 if keyfiles is not None and held.keyfile not in keyfiles:
                     continue
@@ -746,7 +879,7 @@ class HostAgent:
         rows = self.db.view("certstore", "credentials_by_server", key=self.config.server, include_docs=True)[
             "rows"
         ]
-        with self._lock:
+        with self._lock, self._batch():
             for row in rows:
                 doc = row.get("doc")
                 if isinstance(doc, dict):
@@ -825,15 +958,13 @@ class HostAgent:
                 raise ConfigError(
                     f"cannot listen on {where} for HTTP-01: {exc.strerror or exc}", field="responder.listen"
                 ) from None
-        watcher = DriftWatcher(self.paths.data_dir, self.check_drift) if self._watch else None
         checkpoint: BatchingCheckpoint | None = None
         try:
-            if watcher is not None:
-                watcher.start()
             self.reporter.start()
             checkpoint = BatchingCheckpoint(
                 self.paths.checkpoint_file,
                 live=lambda: self.follower is not None and self.follower.stats.caught_up.is_set(),
+                before_save=self.commit_staged,
                 interval_s=self._catch_up_checkpoint_s,
             )
             if checkpoint.load() is not None:
@@ -857,8 +988,11 @@ class HostAgent:
                 self.follower.stop()
             if checkpoint is not None:
                 checkpoint.flush()
-            if watcher is not None:
-                watcher.stop()
+            self._wake_periodic.set()  # the periodic thread sees stop_event and ends
+            with self._lock:
+                self._watch = False  # no watcher starts from now on
+            if self._watcher is not None:
+                self._watcher.stop()  # not under the lock: its thread may be waiting for it
             self._live_checks.shutdown(wait=False, cancel_futures=True)
             self.reporter.stop()
             if self.responder is not None:
@@ -885,8 +1019,13 @@ class HostAgent:
 
     def _periodic(self, stop_event: threading.Event) -> None:
         # A backstop for missed file events, and the status file's refresh.
-        while not stop_event.wait(min(30.0, self.config.heartbeat_interval)):
+        while True:
+            self._wake_periodic.wait(min(30.0, self.config.heartbeat_interval))
+            self._wake_periodic.clear()
+            if stop_event.is_set():
+                return
             try:
+                self._start_watching()
                 if self._need_state and not self.catching_up():
                     self.fetch_missing_states()  # the read at catch-up failed and no change came since
                 self.check_drift()

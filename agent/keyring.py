@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,7 @@ from agent.paths import (
     check_keyfile,
     is_version_name,
 )
+from store.files import fsync_dir, sync_filesystem
 from store.names import format_timestamp
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,16 @@ class KeyMaterial:
 
     def __repr__(self) -> str:
         return f"KeyMaterial({self.credential}, serial={self.serial}, key=<hidden>)"
+
+
+@dataclass(frozen=True)
+class StagedVersion:
+    """A version written into its temp directory by :meth:`Keyring.stage`, waiting for a commit."""
+
+    keyfile: str
+    temp: Path
+    final: Path
+    meta: dict[str, Any]  # what its meta.json holds
 
 
 @dataclass(frozen=True)
@@ -114,14 +125,6 @@ def render(material: KeyMaterial, p12_password: bytes | None) -> dict[str, bytes
     }
     files[META_FILE] = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
     return files
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_meta(version: Path) -> dict[str, Any] | None:
@@ -190,6 +193,11 @@ class Keyring:
             target = os.readlink(link)
         except (FileNotFoundError, OSError):
             return None
+        name = target.rpartition("/")[2]
+        if is_version_name(name):
+            made = self.paths.versions_dir(keyfile) / name
+            if target == self.paths.link_target(keyfile, made):
+                return made  # the link exactly as switch() makes it: no need to resolve the path
         version = (link.parent / target).resolve(strict=False)
         expected = self.paths.versions_dir(keyfile).resolve(strict=False)
         if version.parent != expected or not is_version_name(version.name):
@@ -216,9 +224,13 @@ class Keyring:
     # -- writing ------------------------------------------------------------------------------
 
     def _ensure_dirs(self, keyfile: str) -> None:
-        for directory in (self.paths.data_dir, self.paths.versions_root, self.paths.live_root):
-            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self.paths.versions_dir(keyfile).mkdir(mode=0o755, exist_ok=True)
+        directory = self.paths.versions_dir(keyfile)
+        try:
+            directory.mkdir(mode=0o755, exist_ok=True)
+        except FileNotFoundError:  # the first version, or the data directory was removed by hand
+            for root in (self.paths.data_dir, self.paths.versions_root, self.paths.live_root):
+                root.mkdir(mode=0o755, parents=True, exist_ok=True)
+            directory.mkdir(mode=0o755, exist_ok=True)
 
     def _chown(self, path: Path) -> None:
         if (self.owner.uid is None and self.owner.gid is None) or os.geteuid() != 0:
@@ -245,38 +257,97 @@ class Keyring:
         self._chown(path)
         return fd
 
-    def write_version(self, keyfile: str, material: KeyMaterial) -> Path:
-        """Write a complete, fsynced version directory and return it (not yet live)."""
+    def _write_temp(self, keyfile: str, material: KeyMaterial, *, durable: bool) -> StagedVersion:
+        """Write every file of a version into its temp directory; fsynced only when ``durable``."""
         check_keyfile(keyfile)
         self._ensure_dirs(keyfile)
         token = secrets.token_hex(4)
-        temp = self.paths.temp_version_dir(keyfile, material.serial, token)
-        final = self.paths.version_dir(keyfile, material.serial, token)
         files = render(material, self.p12_password)
-        temp.mkdir(mode=0o755)
-        self._chown(temp)
+        staged = StagedVersion(
+            keyfile,
+            self.paths.temp_version_dir(keyfile, material.serial, token),
+            self.paths.version_dir(keyfile, material.serial, token),
+            json.loads(files[META_FILE]),
+        )
+        staged.temp.mkdir(mode=0o755)
         fds: list[int] = []
         try:
+            self._chown(staged.temp)
             for name in KEYRING_FILES:
                 self._fault(f"write:{name}")
-                fds.append(
-                    self._write_file(temp / name, files[name], 0o600 if name in SECRET_FILES else 0o644)
-                )
-            # fsync after all writes: the first flush commits most of the others' data with it, which
-            # makes a version about twice as fast to write as fsyncing each file as it is written.
-            for fd in fds:
-                os.fsync(fd)
+                mode = 0o600 if name in SECRET_FILES else 0o644
+                fds.append(self._write_file(staged.temp / name, files[name], mode))
+            if durable:
+                # fsync after all writes: the first flush commits most of the others' data with it,
+                # which makes a version about twice as fast to write as fsyncing each file in turn.
+                for fd in fds:
+                    os.fsync(fd)
+                fsync_dir(staged.temp)
+        except OSError:
+            # Disk full, a read-only mount: nothing of this version may linger (other versions may be
+            # staged next to it, so this is not left to clean_partial).
+            shutil.rmtree(staged.temp, ignore_errors=True)
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
-        _fsync_dir(temp)
-        self._fault("rename-version")
-        os.rename(temp, final)
-        _fsync_dir(final.parent)
-        return final
+        return staged
 
-    def switch(self, keyfile: str, version: Path) -> Path | None:
-        """Point ``live/<keyfile>`` at ``version`` atomically; returns the version it pointed at before."""
+    def write_version(self, keyfile: str, material: KeyMaterial) -> Path:
+        """Write a complete, fsynced version directory and return it (not yet live)."""
+        staged = self._write_temp(keyfile, material, durable=True)
+        self._fault("rename-version")
+        os.rename(staged.temp, staged.final)
+        fsync_dir(staged.final.parent)
+        return staged.final
+
+    def stage(self, keyfile: str, material: KeyMaterial) -> StagedVersion:
+        """Write a version into its temp directory, not yet durable: :meth:`commit` finishes a batch."""
+        return self._write_temp(keyfile, material, durable=False)
+
+    def commit(self, batch: Sequence[StagedVersion]) -> list[tuple[Path, Path | None] | OSError]:
+        """Make staged versions durable and live, with a few filesystem syncs for the whole batch.
+
+        The order keeps :meth:`install`'s guarantee for every keyfile: (1) one sync makes every
+        staged file durable; (2) the temp directories are renamed to their final names and (3) a
+        second sync makes the renames durable, so a version directory with a final name is always
+        complete; (4) the live links are switched and (5) ``live/`` is fsynced once. A crash before
+        (4) leaves every live link where it was; during (4), each link on its old or its new complete
+        version. Returns ``(new_version, previous_version)`` per entry, or the error that stopped it
+        (that keyfile's live link is then unchanged).
+        """
+        results: list[tuple[Path, Path | None] | OSError] = []
+        if not batch:
+            return results
+        sync_filesystem(self.paths.data_dir)
+        renamed: list[StagedVersion | OSError] = []
+        for staged in batch:
+            self._fault("rename-version")
+            try:
+                os.rename(staged.temp, staged.final)
+            except OSError as exc:
+                shutil.rmtree(staged.temp, ignore_errors=True)
+                renamed.append(exc)
+            else:
+                renamed.append(staged)
+        sync_filesystem(self.paths.data_dir)
+        for entry in renamed:
+            if isinstance(entry, OSError):
+                results.append(entry)
+                continue
+            try:
+                results.append((entry.final, self.switch(entry.keyfile, entry.final, durable=False)))
+            except OSError as exc:
+                results.append(exc)
+        self._fault("fsync-live")
+        fsync_dir(self.paths.live_root)
+        return results
+
+    def switch(self, keyfile: str, version: Path, *, durable: bool = True) -> Path | None:
+        """Point ``live/<keyfile>`` at ``version`` atomically; returns the version it pointed at before.
+
+        ``durable=False`` leaves the fsync of ``live/`` to the caller (:meth:`commit`, once per batch).
+        """
         previous = self.current(keyfile)
         target = self.paths.link_target(keyfile, version)
         temp = self.paths.temp_live_link(keyfile, secrets.token_hex(4))
@@ -286,8 +357,9 @@ class Keyring:
         self._chown(temp)
         self._fault("replace-link")
         os.replace(temp, self.paths.live_link(keyfile))
-        self._fault("fsync-live")
-        _fsync_dir(self.paths.live_root)
+        if durable:
+            self._fault("fsync-live")
+            fsync_dir(self.paths.live_root)
         return previous
 
     def install(self, keyfile: str, material: KeyMaterial) -> tuple[Path, Path | None]:
@@ -309,7 +381,7 @@ class Keyring:
             os.unlink(self.paths.live_link(keyfile))
         except FileNotFoundError:
             return
-        _fsync_dir(self.paths.live_root)
+        fsync_dir(self.paths.live_root)
 
     def remove(self, keyfile: str) -> None:
         """Remove the live link first (services stop seeing the files), then every version."""

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -248,20 +249,34 @@ class ChangesFollower:
         return self._since
 
     def _catch_up(self) -> None:
-        """Read the feed in batches (a normal request each) until a batch comes back empty."""
-        while not self.stop_event.is_set():
-            page = self.db.changes(include_docs=True, since=self._since_param(), limit=self.batch_size)
-            rows = page.get("results", [])
-            for row in rows:
-                if self.stop_event.is_set():
-                    return
-                self._apply(row)
-            if not rows:
-                break
+        """Read the feed in batches (a normal request each) until a batch comes back empty.
+
+        The next batch is requested while this one is applied (one request ahead, in a thread), so the
+        server's work and the handler's overlap; a batch read ahead and not applied is dropped.
+        """
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changes-read-ahead")
+        try:
+            ahead = reader.submit(self._read_batch, self._since_param())
+            while not self.stop_event.is_set():
+                rows = ahead.result()
+                if not rows:
+                    break
+                ahead = reader.submit(self._read_batch, rows[-1]["seq"])
+                for row in rows:
+                    if self.stop_event.is_set():
+                        return
+                    self._apply(row)
+        finally:
+            reader.shutdown(wait=False, cancel_futures=True)
         if not self.stop_event.is_set() and not self.stats.caught_up.is_set():
             self.stats.caught_up.set()
             if self.on_caught_up is not None:
                 self.on_caught_up()
+
+    def _read_batch(self, since: Any) -> list[JSONDict]:
+        page = self.db.changes(include_docs=True, since=since, limit=self.batch_size)
+        rows: list[JSONDict] = page.get("results", [])
+        return rows
 
     def _since_param(self) -> Any:
         return self._since if self._since is not None else 0

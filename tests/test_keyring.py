@@ -178,3 +178,69 @@ def test_chown_only_as_root(ca: TestCA, tmp_path: Path) -> None:
     ring = keyring(tmp_path, owner=FileOwner(uid=os.getuid(), gid=os.getgid()))
     version, _ = ring.install("site", material(ca.issue(["a.example.com"])))
     assert os.stat(version / "privkey.pem").st_uid == os.getuid()
+
+
+def test_a_link_in_another_form_still_resolves(ca: TestCA, tmp_path: Path) -> None:
+    ring = keyring(tmp_path)
+    version, _ = ring.install("site", material(ca.issue(["a.example.com"])))
+    link = ring.paths.live_link("site")
+    os.unlink(link)
+    os.symlink(version, link)  # absolute, as an admin might make it by hand
+    assert ring.current("site") == version and ring.live_problems("site") == []
+
+
+BATCH = ["one", "two", "three"]
+
+
+def test_a_committed_batch_is_live_with_each_previous_version(ca: TestCA, tmp_path: Path) -> None:
+    ring = keyring(tmp_path)
+    first, _ = ring.install("one", material(ca.issue(["a.example.com"])))
+    issued = {name: ca.issue([f"{name}.example.com"]) for name in BATCH}
+    staged = [ring.stage(name, material(issued[name], name)) for name in BATCH]
+    assert ring.live_keyfiles() == ["one"] and ring.current("one") == first  # nothing switched yet
+    results = ring.commit(staged)
+    assert results == [(s.final, first if s.keyfile == "one" else None) for s in staged]
+    for name in BATCH:
+        assert assert_consistent(ring, name) == issued[name].fingerprint
+        assert read_meta(ring.paths.live_link(name)) == staged[BATCH.index(name)].meta
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_crash_at_any_step_of_a_batch_leaves_each_keyfile_old_or_new(
+    ca: TestCA, tmp_path: Path, step: str
+) -> None:
+    old = {name: ca.issue([f"{name}.example.com"]) for name in BATCH}
+    new = {name: ca.issue([f"{name}.example.com"]) for name in BATCH}
+    ring = keyring(tmp_path)
+    for name in BATCH:
+        ring.install(name, material(old[name], name))
+    calls = 0
+
+    def fault(at: str) -> None:
+        nonlocal calls
+        if at == step:
+            calls += 1
+            if calls == 2:  # the second keyfile's step: the first one got past it
+                raise Crash(at)
+
+    faulty = keyring(tmp_path, fault=fault)
+    with pytest.raises(Crash):
+        staged = [faulty.stage(name, material(new[name], name)) for name in BATCH]
+        faulty.commit(staged)
+        raise Crash("fsync-live is reached once per batch")  # it has no second call
+    ring = keyring(tmp_path)
+    seen = {name: assert_consistent(ring, name) for name in BATCH}
+    for name in BATCH:
+        assert seen[name] in (old[name].fingerprint, new[name].fingerprint)
+    if step in ("symlink", "replace-link"):
+        # Only the switch had begun: the first keyfile is on its new set, the others on their old.
+        assert seen["one"] == new["one"].fingerprint
+        assert [seen[n] for n in BATCH[1:]] == [old[n].fingerprint for n in BATCH[1:]]
+    elif step == "fsync-live":
+        assert seen == {name: new[name].fingerprint for name in BATCH}
+    else:
+        assert seen == {name: old[name].fingerprint for name in BATCH}
+    ring.clean_partial()
+    for name in BATCH:
+        assert not [p for p in ring.paths.versions_dir(name).iterdir() if p.name.startswith(".")]
+        assert_consistent(ring, name)
