@@ -867,7 +867,7 @@ def start_challtestsrv(data_dir: Path, *, timeout: float = START_TIMEOUT) -> Cha
         )
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    dns_address = f"{LOOPBACK}:{_free_udp_tcp_port()}"
+    dns_address = f"{LOOPBACK}:{free_udp_tcp_port()}"
     management_url = f"http://{LOOPBACK}:{free_port()}"
     argv = [
         binary,
@@ -896,7 +896,7 @@ def start_challtestsrv(data_dir: Path, *, timeout: float = START_TIMEOUT) -> Cha
     )
 
 
-def _free_udp_tcp_port() -> int:
+def free_udp_tcp_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1 (DNS servers listen on both)."""
     for _ in range(50):
         port = free_port()
@@ -1035,7 +1035,7 @@ def start_bind(
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = tsig_secret or base64.b64encode(secrets.token_bytes(32)).decode()
-    port = port or _free_udp_tcp_port()
+    port = port or free_udp_tcp_port()
     for zone in zones:
         (data_dir / _zone_file_name(zone)).write_text(zone_file_text(zone))
         (data_dir / f"{_zone_file_name(zone)}.jnl").unlink(missing_ok=True)

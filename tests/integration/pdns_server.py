@@ -8,7 +8,6 @@ Debian packages: ``pdns-server`` and ``pdns-backend-sqlite3``.
 from __future__ import annotations
 
 import secrets
-import socket
 import sqlite3
 import subprocess
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from store.localservices import LOOPBACK, find_binary, free_port
+from store.localservices import LOOPBACK, find_binary, free_port, free_udp_tcp_port
 
 SCHEMA_FILES = (
     Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql"),
@@ -78,7 +77,7 @@ def running_pdns(data_dir: Path) -> Iterator[PdnsServer]:
     with sqlite3.connect(database) as connection:
         connection.executescript(schema.read_text())
     connection.close()
-    dns_port, api_port, api_key = _free_dns_port(), free_port(), secrets.token_urlsafe(16)
+    dns_port, api_port, api_key = free_udp_tcp_port(), free_port(), secrets.token_urlsafe(16)
     (data_dir / "pdns.conf").write_text(
         "\n".join(
             [
@@ -143,16 +142,3 @@ def _wait_ready(server: PdnsServer, process: subprocess.Popen[bytes], log_file: 
 
 def _tail(log_file: Path) -> str:
     return "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
-
-
-def _free_dns_port() -> int:
-    """A loopback port free for TCP (checked by free_port) and for UDP."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind((LOOPBACK, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free UDP+TCP port on 127.0.0.1")
