@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
+from agent import __version__
 from agent.dns import DnsProvider, provider_for
 from agent.dns.base import UnusableProvider
 from agent.errors import AcmeError, ChallengeSetupError, RateLimited
@@ -54,6 +56,9 @@ from store.sealing import open_envelope, open_private_key_pem, seal, seal_privat
 
 log = logging.getLogger(__name__)
 
+
+#: Seconds between the certmgr's heartbeats on its own server document (only while it holds the lease).
+HEARTBEAT_INTERVAL_S = 30.0
 
 #: Statuses after a failure: the next attempt waits for the backoff table.
 FAILED = (Status.ERROR, Status.EXPIRED)
@@ -212,6 +217,7 @@ class Certmgr:
 
         threading.Thread(target=wake_on_stop, daemon=True).start()
         last_scan = 0.0
+        last_beat = -HEARTBEAT_INTERVAL_S
         waiting_logged = False
         failures = 0
         try:
@@ -233,6 +239,12 @@ class Certmgr:
                     stop.wait(self.settings.lease_ttl.total_seconds() / 3)
                     continue
                 waiting_logged = False
+                if time.monotonic() - last_beat >= HEARTBEAT_INTERVAL_S:
+                    last_beat = time.monotonic()
+                    try:
+                        self.beat()
+                    except CouchError as exc:
+                        log.warning("cannot write the certmgr's heartbeat: %s", exc)
                 if not follower.stats.caught_up.is_set():
                     follower.stats.caught_up.wait(1.0)
                     continue
@@ -805,3 +817,19 @@ class Certmgr:
         if CERTMGR_ROLE not in server.roles:
             server.roles = [*server.roles, CERTMGR_ROLE]
             self.db.put(server.validated().to_doc())
+
+    def beat(self) -> None:
+        """Record on this host's server document that the certmgr is alive (for `certstore status`).
+
+        Read-modify-write: only the heartbeat and version change; a conflict is left for the next beat.
+        """
+        doc = self.db.get_or_none(ids.server_id(self.settings.name))
+        if doc is None:
+            return
+        server = Server.from_doc(doc)
+        server.heartbeat = self.clock()
+        server.agent_version = __version__
+        try:
+            self.db.put(server.validated().to_doc())
+        except Conflict:
+            log.debug("server:%s changed while writing the heartbeat; next time", self.settings.name)

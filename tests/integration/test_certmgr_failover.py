@@ -15,7 +15,7 @@ from certmgr_fleet import Fleet, make_fleet
 
 from agent.admin import add_account, add_credential
 from store import ids
-from store.documents import Lease
+from store.documents import Lease, Server
 from store.follower import wait_for
 from store.names import Status
 
@@ -79,6 +79,8 @@ def test_second_certmgr_takes_over_without_duplicate_orders(
         one = fleet.wait_status("one", Status.ISSUED, Status.ERROR)
         assert one.status is Status.ISSUED, one.status_message
         assert lease_holder_instance(fleet) == first_instance, "the standby acted while the first was alive"
+        # The acting certmgr says it is alive on its own server document (what `certstore status` shows).
+        assert Server.from_doc(fleet.hub.get(ids.server_id("certmgr"))).heartbeat is not None
 
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(10)
