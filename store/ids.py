@@ -164,7 +164,3 @@ def replication_doc_id(name: str, direction: str) -> str:
         )
     return f"{REPLICATION_PREFIX}{check_name(name)}-{direction}"
 
-
-def follower_checkpoint_id(consumer: str) -> str:
-    """``certstore-follower-<consumer>``: the ``_local`` checkpoint name of one feed consumer."""
-    return f"certstore-follower-{check_name(consumer)}"

@@ -157,11 +157,8 @@ def test_parse_refuses_what_no_builder_makes(doc_id: str) -> None:
 def test_ids_outside_the_certstore_database() -> None:
     assert ids.replication_doc_id("hub-web1", "pull") == "certstore-hub-web1-pull"
     assert ids.replication_name("hub-web1") == "hub-web1"
-    assert ids.follower_checkpoint_id("agent") == "certstore-follower-agent"
     with pytest.raises(ValidationError, match="pull or push"):
         ids.replication_doc_id("hub-web1", "both")
     for hostile in ("../x", "a/b", "A", ""):
         with pytest.raises(ValidationError):
             ids.replication_doc_id(hostile, "pull")
-        with pytest.raises(ValidationError):
-            ids.follower_checkpoint_id(hostile)
