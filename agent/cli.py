@@ -1,7 +1,8 @@
 """The ``certstore`` command line: thin typer commands over plain functions.
 
-This is the only place where errors become messages and exit codes: a :class:`CertstoreError`
-prints one line on stderr and exits 1; nothing prints a traceback at a user.
+Errors become messages and exit codes in one place, :func:`agent.main.report_errors`: a
+:class:`CertstoreError` prints one line on stderr and exits 1; nothing prints a traceback at a user.
+The console script is :func:`agent.main.main`, which sends ``certstore agent run`` past this module.
 
 The command groups live in their own modules and are imported only when used (:class:`LazyGroup`):
 ``certstore agent run`` must not carry the certmgr's ACME client, DNS libraries and rich tables in
@@ -11,9 +12,7 @@ the memory of every host.
 from __future__ import annotations
 
 import importlib
-import logging
-import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -23,8 +22,8 @@ from typer.core import TyperGroup
 
 from agent import __version__
 from agent.cli_options import DEFAULT_DB, DbOpt, JsonOpt, UrlOpt, out
+from agent.main import configure_logging, report_errors
 from store.couch import CouchClient
-from store.errors import CertstoreError
 
 #: The commands defined in other modules: name -> (module, attribute: a Typer group or a command
 #: function, help replacing the group's own).
@@ -141,14 +140,7 @@ def _root(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens (to stderr).")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:
-        # httpx logs every request at INFO, URLs included: keep it out of the user's log.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(verbose)
 
 
 @app.command("init")
@@ -219,17 +211,9 @@ def replicate_remove(url: UrlOpt, name: Annotated[str, typer.Argument(help="The 
     out.print(f"removed {', '.join(removed)}")
 
 
-def main() -> None:
-    """Console-script entry point: run the app and turn certstore errors into one-line messages."""
-    try:
-        app()
-    except CertstoreError as exc:
-        # One line, never wrapped, so scripts and admins can grep it.
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        sys.stderr.write(f"certstore: error: {message}\n")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+def main(args: Sequence[str] | None = None) -> None:
+    """Run the typer app on ``args`` (default: the command line), certstore errors as one line."""
+    report_errors(lambda: app(args=None if args is None else list(args)))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,7 @@ dict, so tests and scripts need no CLI).
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -18,7 +15,7 @@ import typer
 from agent import __version__
 from agent.cli_options import JsonOpt, out
 from agent.config import AgentConfig, load_config
-from agent.hostagent import HostAgent, open_database
+from agent.daemon import run_agent
 from agent.keyring import Keyring, read_meta
 from agent.paths import AgentPaths
 from store import ids
@@ -36,34 +33,9 @@ ConfigOpt = Annotated[
 @agent_app.command("run")
 def run_cmd(config: ConfigOpt) -> None:
     """Follow the database, deploy this server's keyrings, answer HTTP-01, until SIGTERM/SIGINT."""
-    settings = load_config(config)
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    agent = HostAgent(settings, open_database(settings))
-    failure: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            agent.run(stop)
-        except Exception as exc:  # noqa: BLE001 - re-raised in the main thread, where the CLI reports it
-            failure.append(exc)
-
-    # The follower blocks in a read; run it in a thread so a signal ends it promptly.
-    worker = threading.Thread(target=work, name="agent", daemon=True)
-    worker.start()
-    while worker.is_alive() and not stop.wait(0.5):
-        pass
-    stop.set()
-    if agent.follower is not None:
-        agent.follower.stop()
-    worker.join(30)
-    if failure:
-        raise failure[0]
+    # `certstore agent run` itself goes to run_agent without typer (agent.main); this is the same
+    # command reached through the full command line (e.g. with `--help` resolved first).
+    run_agent(config)
 
 
 def agent_status(config: AgentConfig, *, query_db: bool = True, timeout: float = 5.0) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
             [
                 sys.executable,
                 "-c",
-                "from agent.cli import main; main()",
+                "from agent.main import main; main()",
                 "agent",
                 "run",
                 "--config",
