@@ -1,29 +1,37 @@
-"""A thin CouchDB client on httpx, written to Apache CouchDB 3 semantics.
+"""A thin CouchDB client on the standard library's ``http.client``, written to CouchDB 3 semantics.
 
 Why not a PyPI client: the maintained ones are few, and each needed workarounds on pouchdb-server
 (text/plain replies, gzip-buffered feeds, bodies stored as ``{}`` without a JSON content type). The
 part of the HTTP API certstore uses is small, so a client of our own keeps every header and every
 error under our control.
 
-Every request sends ``Accept: application/json``; every body is JSON with its content type; feeds
-send ``Accept-Encoding: identity``. Connection errors and 5xx replies are retried by an explicit
-backoff table. 401/403/404/409 become typed errors that carry the document id.
+Why not httpx (which this client used before): the per-host agent imports this module and little
+else, and httpx with httpcore, h11, anyio and certifi cost it about 2.5 MB of resident memory for
+features it never uses (async, HTTP/2, proxies). ``http.client`` gives keep-alive connections and
+chunked replies; the pool and the retries are the few lines below.
+
+Every request sends ``Accept: application/json``; every body is JSON with its content type; replies
+are asked for uncompressed (``Accept-Encoding: identity``). Connection errors and 5xx replies are
+retried by an explicit backoff table. 401/403/404/409/412 become typed errors that carry the document
+id. Redirects are not followed.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import http.client
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
-
-import httpx
+from typing import Any, Literal, NamedTuple
+from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
 from store.errors import Conflict, CouchError, CouchUnreachable, Forbidden, NotFound, Unauthorized
 
@@ -34,7 +42,19 @@ JSONDict = dict[str, Any]
 #: Seconds to wait before each retry of a failed request; its length is the number of retries.
 RETRY_BACKOFF: tuple[float, ...] = (0.1, 0.3, 1.0, 2.0)
 
+#: Idle keep-alive connections a client keeps for reuse (more are closed when handed back).
+MAX_IDLE_CONNECTIONS = 4
+
+#: Makes a new, not yet connected HTTP(S) connection to the server (the test seam).
+ConnectionFactory = Callable[[], http.client.HTTPConnection]
+
+# http.client adds "Accept-Encoding: identity" by itself; feeds say it anyway, as they must not be gzipped.
 _JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+_FEED_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity"}
+_FEED_READ_SIZE = 65536
+
+#: What a failed exchange raises: socket errors and timeouts (OSError) or a garbled reply.
+_TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,25 @@ def doc_path(doc_id: str) -> str:
     return quote(doc_id, safe="")
 
 
+def new_connection(url: str, timeout: float) -> http.client.HTTPConnection:
+    """An unconnected connection to the host of ``url`` (credential-free, as in :class:`ServerURL`).
+
+    ``timeout`` bounds the connect and then each read and write. ``https`` URLs verify the server's
+    certificate and host name against the system's trust store.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""  # without the brackets of an IPv6 literal, as http.client wants it
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=_tls_context())
+    return http.client.HTTPConnection(host, parts.port, timeout=timeout)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # One context for the process: loading the trust store is slow and holds memory.
+    return ssl.create_default_context()
+
+
 def _error_for(status: int, message: str, *, doc_id: str | None, reason: str, url: str) -> CouchError:
     kinds: dict[int, type[CouchError]] = {
         401: Unauthorized,
@@ -101,8 +140,32 @@ def _error_for(status: int, message: str, *, doc_id: str | None, reason: str, ur
     return kinds.get(status, CouchError)(message, status=status, doc_id=doc_id, reason=reason, url=url)
 
 
+class _Reply(NamedTuple):
+    """A reply read to its end."""
+
+    status: int
+    reason: str
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+def _exchange(
+    conn: http.client.HTTPConnection, method: str, target: str, headers: Mapping[str, str], body: bytes | None
+) -> _Reply:
+    """One request and its whole reply on ``conn`` (which connects first if it has no socket)."""
+    conn.request(method, target, body=body, headers=dict(headers))
+    resp = conn.getresponse()
+    data = resp.read()  # read to the end: only then may the connection carry another request
+    return _Reply(resp.status, resp.reason, resp.msg, data)
+
+
 class CouchClient:
-    """One CouchDB server. ``url`` may carry ``user:password@``; ``auth`` picks basic or cookie."""
+    """One CouchDB server. ``url`` may carry ``user:password@``; ``auth`` picks basic or cookie.
+
+    One client may be used from several threads at once: each request takes an idle keep-alive
+    connection from a small pool (or makes one) and hands it back when the reply is read.
+    ``connect`` makes the connections (by default :func:`new_connection`; tests pass fakes).
+    """
 
     def __init__(
         self,
@@ -114,7 +177,7 @@ class CouchClient:
         timeout: float = 30.0,
         backoff: Sequence[float] = RETRY_BACKOFF,
         sleep: Callable[[float], None] = time.sleep,
-        transport: httpx.BaseTransport | None = None,
+        connect: ConnectionFactory | None = None,
     ) -> None:
         parsed = ServerURL.parse(url)
         self.server = ServerURL(parsed.url, user or parsed.user, password or parsed.password)
@@ -122,25 +185,28 @@ class CouchClient:
         self.auth_mode = auth
         self.backoff = tuple(backoff)
         self._sleep = sleep
-        self._timeout = timeout
-        basic = None
+        self._connect: ConnectionFactory = connect or functools.partial(new_connection, self.url, timeout)
+        # The server's path prefix (CouchDB behind a proxy at /couch) goes before every request path.
+        self._prefix = urlsplit(self.url).path
+        self._basic: str | None = None
         if auth == "basic" and self.server.user is not None:
-            basic = httpx.BasicAuth(self.server.user, self.server.password or "")
-        self._http = httpx.Client(
-            base_url=self.url,
-            auth=basic,
-            timeout=httpx.Timeout(timeout),
-            transport=transport,
-            follow_redirects=False,
-        )
-        self._transport = transport
+            token = f"{self.server.user}:{self.server.password or ''}".encode()
+            self._basic = "Basic " + base64.b64encode(token).decode("ascii")
+        self._cookie: str | None = None  # the AuthSession value (cookie auth)
         self._logged_in = False
+        self._idle: list[http.client.HTTPConnection] = []
+        self._pool_lock = threading.Lock()
+        self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
+        """Close the idle connections; connections in use are closed when handed back."""
+        with self._pool_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def __enter__(self) -> CouchClient:
         return self
@@ -151,7 +217,7 @@ class CouchClient:
     # -- transport ---------------------------------------------------------------------------
 
     def _login(self) -> None:
-        """Cookie auth: POST ``/_session``; httpx keeps the AuthSession cookie."""
+        """Cookie auth: POST ``/_session``; the reply's ``AuthSession`` cookie is kept and sent."""
         if self.server.user is None:
             raise Unauthorized(f"{self.url}: cookie auth needs a user name", status=401, url=self.url)
         body = {"name": self.server.user, "password": self.server.password or ""}
@@ -191,43 +257,113 @@ class CouchClient:
     ) -> Any:
         content = None if json_body is None else json.dumps(json_body).encode()
         where = f"{method} {self.url}{path}"
+        target = self._target(path, params)
+        headers = self._headers(_JSON_HEADERS)
         for attempt in range(len(self.backoff) + 1):
             try:
-                resp = self._http.request(
-                    method, path, content=content, params=_encode_params(params), headers=_JSON_HEADERS
-                )
-            except httpx.HTTPError as exc:
+                reply = self._pooled_exchange(method, target, headers, content)
+            except http.client.InvalidURL as exc:
+                # A path the caller did not quote: no retry can fix it.
+                raise CouchError(f"{where}: {exc}", doc_id=doc_id, url=self.url) from None
+            except _TRANSPORT_ERRORS as exc:
                 if attempt < len(self.backoff):
                     self._sleep(self.backoff[attempt])
                     continue
                 raise CouchUnreachable(
                     f"cannot reach CouchDB at {self.url}: {_describe(exc)}", doc_id=doc_id, url=self.url
                 ) from None
-            if resp.status_code >= 500 and attempt < len(self.backoff):
-                log.debug("%s: HTTP %s, retrying", where, resp.status_code)
+            self._remember_cookie(reply.headers)
+            if reply.status >= 500 and attempt < len(self.backoff):
+                log.debug("%s: HTTP %s, retrying", where, reply.status)
                 self._sleep(self.backoff[attempt])
                 continue
-            return self._decode(resp, where, doc_id)
+            return self._decode(reply, where, doc_id)
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
 
-    def _decode(self, resp: httpx.Response, where: str, doc_id: str | None) -> Any:
+    def _target(self, path: str, params: Mapping[str, Any] | None) -> str:
+        """The request target: prefix, path (already quoted by the caller) and query string."""
+        encoded = _encode_params(params)
+        # quote, not urlencode's default quote_plus: a space goes as %20, which means a space to any
+        # server, where "+" means one only by the HTML-form convention.
+        query = urlencode(encoded, quote_via=quote) if encoded else ""
+        return self._prefix + path + ("?" + query if query else "")
+
+    def _headers(self, base: Mapping[str, str]) -> dict[str, str]:
+        headers = dict(base)
+        if self._basic is not None:
+            headers["Authorization"] = self._basic
+        cookie = self._cookie
+        if cookie is not None:
+            headers["Cookie"] = f"AuthSession={cookie}"
+        return headers
+
+    def _remember_cookie(self, headers: http.client.HTTPMessage) -> None:
+        """Keep the ``AuthSession`` cookie of a reply (the login, and CouchDB's refreshes of it)."""
+        for header in headers.get_all("Set-Cookie") or ():
+            name, _, rest = header.partition("=")
+            if name.strip() == "AuthSession":
+                value = rest.split(";", 1)[0].strip()
+                self._cookie = value or None  # an empty value is the server ending the session
+
+    def _pooled_exchange(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes | None
+    ) -> _Reply:
+        """One exchange on an idle connection of the pool, or on a new one."""
+        conn, reused = self._take()
         try:
-            body = resp.json() if resp.content else None
+            try:
+                reply = _exchange(conn, method, target, headers, body)
+            except ConnectionError:
+                if not reused:
+                    raise
+                # CouchDB closes keep-alive connections that sit idle, so a reused one that is reset
+                # or gets no reply was most likely dead before we sent anything. Once more on a fresh
+                # connection, not counted against the backoff table.
+                conn.close()
+                log.debug("%s %s: kept-alive connection was closed, reconnecting", method, target)
+                conn = self._connect()
+                reply = _exchange(conn, method, target, headers, body)
+        except BaseException:
+            conn.close()  # its state is unknown (half a reply may be waiting): never reuse it
+            raise
+        self._give_back(conn)
+        return reply
+
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection and True, or a new (not yet connected) one and False."""
+        with self._pool_lock:
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connect(), False
+
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        # A reply with "Connection: close" left the connection without a socket: nothing to keep.
+        if conn.sock is not None:
+            with self._pool_lock:
+                if not self._closed and len(self._idle) < MAX_IDLE_CONNECTIONS:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def _decode(self, reply: _Reply, where: str, doc_id: str | None) -> Any:
+        try:
+            body = json.loads(reply.body) if reply.body else None
         except ValueError:
             body = None
-        if resp.status_code < 400:
-            if body is None and resp.content:
-                raise CouchError(f"{where}: the reply is not JSON", status=resp.status_code, url=self.url)
+        if reply.status < 400:
+            if body is None and reply.body:
+                raise CouchError(f"{where}: the reply is not JSON", status=reply.status, url=self.url)
             return body
         error = reason = ""
         if isinstance(body, dict):
             error = str(body.get("error", ""))
             reason = str(body.get("reason", ""))
-        detail = ": ".join(p for p in (error, reason) if p) or resp.reason_phrase
+        phrase = reply.reason or http.client.responses.get(reply.status, "")
+        detail = ": ".join(p for p in (error, reason) if p) or phrase
         subject = f" (document {doc_id})" if doc_id else ""
         raise _error_for(
-            resp.status_code,
-            f"{where}{subject}: HTTP {resp.status_code} {detail}",
+            reply.status,
+            f"{where}{subject}: HTTP {reply.status} {detail}",
             doc_id=doc_id,
             reason=reason or error,
             url=self.url,
@@ -239,40 +375,30 @@ class CouchClient:
     ) -> Iterator[Feed]:
         """Open a streaming GET (a continuous feed) on a connection of its own; no retries here.
 
-        Another thread may call :meth:`Feed.interrupt` on ``feed`` at any moment, even before the
-        server has sent its headers, to end a blocked read at once.
+        ``read_timeout`` bounds each read once connected (the connect itself has the client's
+        timeout). Another thread may call :meth:`Feed.interrupt` on ``feed`` at any moment, even
+        before the connection is made, to end a blocked read at once.
         """
         if self.auth_mode == "cookie" and not self._logged_in:
             self._login()
-        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
-        timeout = httpx.Timeout(self._timeout, read=read_timeout)
         feed = feed or Feed()
-        # A client of its own: a fresh connection, so the trace hook sees the socket being made.
-        client = httpx.Client(
-            base_url=self.url,
-            auth=self._http.auth,
-            cookies=self._http.cookies,
-            transport=self._transport,
-            follow_redirects=False,
-        )
+        where = f"GET {self.url}{path}"
+        conn = self._connect()  # not pooled: it is held as long as the feed is read
         try:
-            with client.stream(
-                "GET",
-                path,
-                params=_encode_params(params),
-                headers=headers,
-                timeout=timeout,
-                extensions={"trace": feed._trace},
-            ) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    self._decode(resp, f"GET {self.url}{path}", None)
-                feed.response = resp
-                yield feed
-        except httpx.HTTPError as exc:
-            raise CouchUnreachable(f"feed from {self.url} broke: {_describe(exc)}", url=self.url) from None
+            try:
+                feed._open(conn, read_timeout, self.url)
+                conn.request("GET", self._target(path, params), headers=self._headers(_FEED_HEADERS))
+                resp = conn.getresponse()
+                if resp.status >= 400:
+                    self._decode(_Reply(resp.status, resp.reason, resp.msg, resp.read()), where, None)
+            except _TRANSPORT_ERRORS as exc:
+                raise _feed_broke(self.url, _describe(exc)) from None
+            self._remember_cookie(resp.msg)
+            feed.response = resp
+            yield feed
         finally:
-            client.close()
+            feed._disconnect()
+            conn.close()
 
     # -- server-level API --------------------------------------------------------------------
 
@@ -317,39 +443,74 @@ class Feed:
     """One open streaming response whose blocked reads another thread can interrupt."""
 
     def __init__(self) -> None:
-        self.response: httpx.Response | None = None
-        self._stream: Any = None
+        self.response: http.client.HTTPResponse | None = None
+        self._url = ""
+        self._sock: socket.socket | None = None
         self._interrupted = False
         self._lock = threading.Lock()
 
-    def _trace(self, event: str, info: Mapping[str, Any]) -> None:
-        # httpcore reports the network stream it made; keep it, to shut its socket down on interrupt.
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            with self._lock:
-                self._stream = info.get("return_value")
-                interrupted = self._interrupted
-            if interrupted:
-                self._shutdown()
+    def _open(self, conn: http.client.HTTPConnection, read_timeout: float, url: str) -> None:
+        """Connect ``conn`` unless interrupted already, and keep its socket for :meth:`interrupt`."""
+        self._url = url
+        with self._lock:
+            if self._interrupted:
+                raise _feed_broke(url, "interrupted")
+        conn.connect()
+        sock: socket.socket = conn.sock
+        sock.settimeout(read_timeout)
+        with self._lock:
+            self._sock = sock
+            interrupted = self._interrupted
+        if interrupted:  # interrupt() came while connecting, when there was no socket to shut down
+            raise _feed_broke(url, "interrupted")
+
+    def _disconnect(self) -> None:
+        # Forget the socket before it is closed, so interrupt() never touches a closed one.
+        with self._lock:
+            self._sock = None
 
     def lines(self) -> Iterator[str]:
-        """The response's lines (empty ones are heartbeats)."""
-        if self.response is None:
-            return iter(())
-        return self.response.iter_lines()
+        """The response's lines without their line ends (empty ones are heartbeats).
+
+        A broken connection, a read timeout or an interrupt raises :class:`CouchUnreachable`; only
+        the end of the stream as the server framed it ends the lines quietly.
+        """
+        resp = self.response
+        if resp is None:
+            return
+        pending = bytearray()
+        while True:
+            end = pending.find(b"\n")
+            if end >= 0:
+                line = bytes(pending[:end])
+                del pending[: end + 1]
+                yield _decode_line(line)
+                continue
+            try:
+                # read1, not readline: HTTPResponse.readline takes a cut-off chunked stream (a broken
+                # connection, an interrupt) for its end, read1 raises IncompleteRead.
+                data = resp.read1(_FEED_READ_SIZE)
+            except (*_TRANSPORT_ERRORS, ValueError) as exc:
+                # ValueError: the response was closed under the read.
+                raise _feed_broke(self._url, _describe(exc)) from None
+            if data:
+                pending += data
+                continue
+            if resp.length:  # a Content-Length reply that stopped short
+                raise _feed_broke(self._url, f"the reply ended {resp.length} bytes short")
+            if pending:
+                yield _decode_line(bytes(pending))
+            return
 
     def interrupt(self) -> None:
         """End any read in progress (from another thread); the reader then sees a broken feed."""
         with self._lock:
             self._interrupted = True
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        with self._lock:
-            stream = self._stream
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if isinstance(sock, socket.socket):
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            if self._sock is not None:
+                # The plain socket's shutdown, also under TLS: SSLSocket.shutdown would drop the TLS
+                # state under the reading thread's feet. The read wakes up with end-of-file.
+                with suppress(OSError):
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
 
 
 def _encode_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -369,7 +530,16 @@ def _encode_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
     return out
 
 
-def _describe(exc: httpx.HTTPError) -> str:
+def _decode_line(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace").removesuffix("\r")
+
+
+def _feed_broke(url: str, description: str) -> CouchUnreachable:
+    return CouchUnreachable(f"feed from {url} broke: {description}", url=url)
+
+
+def _describe(exc: BaseException) -> str:
+    """``ConnectionRefusedError: [Errno 111] Connection refused``, ``TimeoutError: timed out``."""
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-
 from store.couch import Database, Feed, JSONDict
 from store.errors import CouchError, CouchUnreachable, Forbidden, Unauthorized
 from store.files import fsync_dir
@@ -221,7 +219,7 @@ class ChangesFollower:
                 self.stats.last_error = str(exc) or type(exc).__name__
                 delay = self.backoff[min(failures, len(self.backoff) - 1)]
                 failures += 1
-                expected = isinstance(exc, CouchError | httpx.HTTPError)
+                expected = isinstance(exc, CouchError)
                 log.log(
                     logging.WARNING if expected else logging.ERROR,
                     "changes feed of %s: %s; reconnecting in %.2fs",
