@@ -75,6 +75,31 @@ TEST_APT_PACKAGES: Mapping[str, str] = {"pdns_server": "pdns-server pdns-backend
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 _NODE_BINARIES = frozenset({"node", "npm"})
 _PATCH_MARKER = "certstore patch"
+#: package -> the file our patch in node/patches/ changes; every installed copy must carry the marker.
+#: pouchdb-validation: replicated revisions into a validated database are kept (DESIGN.md).
+#: node-fetch (pouchdb's HTTP client): a body cut off by a closed connection fails instead of hanging,
+#: so continuous replications retry when the other server restarts (README.md).
+PATCHED_FILES: Mapping[str, str] = {"pouchdb-validation": "lib/index.js", "node-fetch": "lib/index.js"}
+# What the node-fetch patch is for, run against the installed tree: pouchdb's fetch must fail (not wait
+# forever) on a response whose connection closes mid-body, as a long-poll does when its server dies.
+_CUT_BODY_CHECK = """
+const http = require('http');
+const {fetch} = require('pouchdb-fetch');
+const server = http.createServer((req, res) => {
+  res.writeHead(200, {'Content-Type': 'application/json'});
+  res.write('{');
+  setTimeout(() => req.socket.destroy(), 50);
+});
+server.listen(0, '127.0.0.1', () => {
+  const hang = setTimeout(() => {
+    console.error('a response body cut off by a closed connection never failed: node-fetch unpatched');
+    process.exit(1);
+  }, 5000);
+  fetch('http://127.0.0.1:' + server.address().port + '/').then((r) => r.json()).then(
+    () => { console.error('a cut-off response body parsed'); process.exit(1); },
+    () => { clearTimeout(hang); server.close(); });
+});
+"""
 _T = TypeVar("_T")
 
 
@@ -387,23 +412,39 @@ def ensure_npm_packages(directory: Path | None = None) -> bool:
         _run([str(directory / "node_modules" / ".bin" / "patch-package"), "--error-on-fail"], cwd=directory)
         unpatched = _unpatched_copies(directory)
         if unpatched:
-            raise InstallError(
-                f"pouchdb-validation copies left unpatched: {', '.join(unpatched)}", command=[]
-            )
+            raise InstallError(f"left unpatched: {', '.join(unpatched)}", command=[])
         node = find_binary("node") or "node"
         _run([node, "-e", "require('leveldown')"], cwd=directory)
+        try:
+            _run([node, "-e", _CUT_BODY_CHECK], cwd=directory)
+        except InstallError as exc:
+            raise InstallError(
+                f"the node-fetch patch is not in effect: {last_line(exc.output)}",
+                command=exc.command,
+                output=exc.output,
+            ) from exc
         marker.write_text(fingerprint + "\n")
         return True
 
 
 def _unpatched_copies(directory: Path) -> list[str]:
-    return [str(path) for path in validation_copies(directory) if _PATCH_MARKER not in path.read_text()]
+    """Installed copies of a patched file without the marker, and patched packages not installed."""
+    copies = patched_copies(directory)
+    missing = [f"{package} (not installed)" for package in PATCHED_FILES if not copies[package]]
+    return missing + [
+        str(path) for paths in copies.values() for path in paths if _PATCH_MARKER not in path.read_text()
+    ]
+
+
+def patched_copies(directory: Path | None = None) -> dict[str, list[Path]]:
+    """package -> every installed copy of the file its patch changes (nested copies included)."""
+    root = (directory or node_dir()) / "node_modules"
+    return {package: sorted(root.glob(f"**/{package}/{file}")) for package, file in PATCHED_FILES.items()}
 
 
 def validation_copies(directory: Path | None = None) -> list[Path]:
     """Every ``pouchdb-validation/lib/index.js`` under node_modules (nested copies included)."""
-    root = (directory or node_dir()) / "node_modules"
-    return sorted(root.glob("**/pouchdb-validation/lib/index.js"))
+    return patched_copies(directory)["pouchdb-validation"]
 
 
 def ensure_installed(*, npm: bool = True, apt: bool = True, for_tests: bool = False) -> list[str]:

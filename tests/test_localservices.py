@@ -177,11 +177,34 @@ def test_install_fingerprint_follows_lock_and_patches(tmp_path: Path) -> None:
     assert len({first, second, localservices.install_fingerprint(tmp_path)}) == 3
 
 
-def test_repository_patch_targets_pouchdb_validation() -> None:
-    patches = sorted((localservices.node_dir() / "patches").glob("*.patch"))
-    assert [p.name for p in patches] == ["pouchdb-validation+4.2.0.patch"]
-    text = patches[0].read_text()
-    assert "certstore patch" in text and "newDoc._revisions = incomingRevisions;" in text
+def test_repository_patches_target_the_verified_packages() -> None:
+    patches = {p.name: p.read_text() for p in (localservices.node_dir() / "patches").glob("*.patch")}
+    assert sorted(patches) == ["node-fetch+2.6.7.patch", "pouchdb-validation+4.2.0.patch"]
+    assert sorted(name.split("+")[0] for name in patches) == sorted(localservices.PATCHED_FILES)
+    for name, text in patches.items():
+        package = name.split("+")[0]
+        assert f"node_modules/{package}/{localservices.PATCHED_FILES[package]}" in text, name
+        assert "certstore patch" in text, name
+    assert "newDoc._revisions = incomingRevisions;" in patches["pouchdb-validation+4.2.0.patch"]
+    assert "res.complete" in patches["node-fetch+2.6.7.patch"]
+
+
+def test_unpatched_copies_names_missing_packages_and_unmarked_files(tmp_path: Path) -> None:
+    modules = tmp_path / "node_modules"
+    (modules / "pouchdb-validation" / "lib").mkdir(parents=True)
+    (modules / "pouchdb-validation" / "lib" / "index.js").write_text("// certstore patch\n")
+    nested = modules / "x" / "node_modules" / "pouchdb-validation" / "lib"
+    nested.mkdir(parents=True)
+    (nested / "index.js").write_text("unpatched\n")
+    assert localservices._unpatched_copies(tmp_path) == [
+        "node-fetch (not installed)",
+        str(nested / "index.js"),
+    ]
+    (modules / "node-fetch" / "lib").mkdir(parents=True)
+    (modules / "node-fetch" / "lib" / "index.js").write_text("// certstore patch\n")
+    (nested / "index.js").write_text("// certstore patch\n")
+    assert localservices._unpatched_copies(tmp_path) == []
+    assert len(localservices.validation_copies(tmp_path)) == 2
 
 
 # --- process identity --------------------------------------------------------------------------------

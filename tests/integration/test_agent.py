@@ -288,8 +288,8 @@ def test_offline_keeps_files_and_challenges_then_catches_up(
     couch_servers: Any, db_name: str, ca: TestCA, tmp_path: Path
 ) -> None:
     # The agent follows the server that stops (the hub, followed directly): the hard case for the
-    # agent. Behind a replica the outage never reaches the agent; whether pouchdb-server's replicator
-    # resumes after the hub restarts is replication's business (it does not always: apache/pouchdb#8462).
+    # agent. Behind a replica the outage never reaches the agent, and the replications must resume
+    # after the hub restarts: tests/integration/test_hub_restart.py.
     server = couch_servers(2)[1]  # restarting the shared first server would disturb other fixtures
     if not server.restartable:
         pytest.skip("needs a pouchdb-server started by the tests")

@@ -239,13 +239,35 @@ class CouchServerLike:
         self.auth = (node.admin_user, node.admin_password)
 
 
-def test_every_installed_copy_of_pouchdb_validation_is_patched(couch_server: CouchServer) -> None:
+def test_every_installed_copy_of_a_patched_package_is_patched(couch_server: CouchServer) -> None:
     if not couch_server.restartable:
         pytest.skip("an external CouchDB is in use: pouchdb-server is not installed")
-    copies = localservices.validation_copies()
-    assert copies
-    for path in copies:
-        assert "certstore patch" in path.read_text(), path
+    copies = localservices.patched_copies()
+    assert set(copies) == {"pouchdb-validation", "node-fetch"}
+    for package, paths in copies.items():
+        assert paths, package
+        for path in paths:
+            assert "certstore patch" in path.read_text(), path
+
+
+def test_pouchdb_fetch_fails_a_body_cut_off_by_a_closed_connection(couch_server: CouchServer) -> None:
+    # What the node-fetch patch is for: unpatched, a long-poll whose server dies never ends, and
+    # pouchdb-server's continuous replications never retry (tests/integration/test_hub_restart.py).
+    if not couch_server.restartable:
+        pytest.skip("an external CouchDB is in use: pouchdb-server is not installed")
+    node = localservices.find_binary("node")
+    assert node is not None
+    started = time.monotonic()
+    done = subprocess.run(
+        [node, "-e", localservices._CUT_BODY_CHECK],
+        cwd=localservices.node_dir(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 5.0
 
 
 def test_ensure_installed_is_fast_when_done(services_installed: None) -> None:
