@@ -299,7 +299,7 @@ def memory(total: int, root: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                "from agent.cli import main; main()",
+                "from agent.main import main; main()",
                 "agent",
                 "run",
                 "--config",

@@ -75,11 +75,27 @@ TEST_APT_PACKAGES: Mapping[str, str] = {"pdns_server": "pdns-server pdns-backend
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 _NODE_BINARIES = frozenset({"node", "npm"})
 _PATCH_MARKER = "certstore patch"
-#: package -> the file our patch in node/patches/ changes; every installed copy must carry the marker.
-#: pouchdb-validation: replicated revisions into a validated database are kept (DESIGN.md).
-#: node-fetch (pouchdb's HTTP client): a body cut off by a closed connection fails instead of hanging,
+#: package -> the files our patch in node/patches/ changes (each hunk is marked "certstore patch").
+#: Correctness: pouchdb-validation keeps replicated revisions into a validated database (DESIGN.md);
+#: node-fetch (pouchdb's HTTP client) fails a body cut off by a closed connection instead of hanging,
 #: so continuous replications retry when the other server restarts (README.md).
-PATCHED_FILES: Mapping[str, str] = {"pouchdb-validation": "lib/index.js", "node-fetch": "lib/index.js"}
+#: Speed (docs/agent.md, P1): pouchdb-utils (feeds waiting at one seq share a read of the new rows and
+#: move past what they read), pouchdb-changes-filter (filters compiled once), pouchdb-auth (no disk
+#: size per request, PBKDF2 results kept), pouchdb-server (--no-stdout-logs honoured),
+#: pouchdb-replication (CouchDB's checkpoint_interval honoured).
+PATCHED_FILES: Mapping[str, tuple[str, ...]] = {
+    "pouchdb-validation": ("lib/index.js",),
+    "node-fetch": ("lib/index.js",),
+    "pouchdb-utils": ("lib/index.js",),
+    "pouchdb-changes-filter": ("lib/index.js",),
+    "pouchdb-auth": ("lib/sessionapi.js", "lib/utils.js"),
+    "pouchdb-server": ("lib/index.js",),
+    "pouchdb-replication": ("lib/index.js",),
+}
+#: The packages whose nested copies must carry the patch too (the correctness patches). The speed-ups
+#: are for the top-level copies pouchdb-server loads with its default leveldb adapter; the nested
+#: pouchdb-utils copies serve only --sqlite.
+EVERY_COPY = frozenset({"pouchdb-validation", "node-fetch"})
 # What the node-fetch patch is for, run against the installed tree: pouchdb's fetch must fail (not wait
 # forever) on a response whose connection closes mid-body, as a long-poll does when its server dies.
 _CUT_BODY_CHECK = """
@@ -437,9 +453,16 @@ def _unpatched_copies(directory: Path) -> list[str]:
 
 
 def patched_copies(directory: Path | None = None) -> dict[str, list[Path]]:
-    """package -> every installed copy of the file its patch changes (nested copies included)."""
+    """package -> the installed copies of the files its patch changes (nested ones: see EVERY_COPY)."""
     root = (directory or node_dir()) / "node_modules"
-    return {package: sorted(root.glob(f"**/{package}/{file}")) for package, file in PATCHED_FILES.items()}
+    return {
+        package: sorted(
+            path
+            for file in files
+            for path in root.glob(f"**/{package}/{file}" if package in EVERY_COPY else f"{package}/{file}")
+        )
+        for package, files in PATCHED_FILES.items()
+    }
 
 
 def validation_copies(directory: Path | None = None) -> list[Path]:

@@ -59,6 +59,13 @@ def default_name(hub: Endpoint, replica: Endpoint) -> str:
 #: The design document's filter that keeps a server's replica to what that server needs.
 REPLICA_FILTER = "certstore/replica"
 
+#: Milliseconds between checkpoint writes (CouchDB's ``checkpoint_interval``; its default too).
+#: pouchdb-server (patched, see node/patches) honours it as well instead of writing a checkpoint
+#: after every batch: a GET and a PUT of a ``_local`` document per replicated change, two for the
+#: document and two for its echo on the way back, were a third of a replica node's requests.
+#: A restart replays at most this much of the feed; revs_diff makes that cheap.
+CHECKPOINT_INTERVAL_MS = 30000
+
 
 def add(
     client: CouchClient,
@@ -86,6 +93,7 @@ def add(
             "target": target.url(),
             "continuous": True,
             "create_target": False,
+            "checkpoint_interval": CHECKPOINT_INTERVAL_MS,
             "certstore": {"name": pair_name, "direction": direction},
         }
         if server is not None:
@@ -98,7 +106,15 @@ def add(
         if existing is not None:
             if all(
                 existing.get(k) == doc.get(k)
-                for k in ("source", "target", "continuous", "filter", "query_params", "checkpoint")
+                for k in (
+                    "source",
+                    "target",
+                    "continuous",
+                    "filter",
+                    "query_params",
+                    "checkpoint",
+                    "checkpoint_interval",
+                )
             ):
                 written.append(doc_id)
                 continue

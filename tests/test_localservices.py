@@ -179,29 +179,44 @@ def test_install_fingerprint_follows_lock_and_patches(tmp_path: Path) -> None:
 
 def test_repository_patches_target_the_verified_packages() -> None:
     patches = {p.name: p.read_text() for p in (localservices.node_dir() / "patches").glob("*.patch")}
-    assert sorted(patches) == ["node-fetch+2.6.7.patch", "pouchdb-validation+4.2.0.patch"]
     assert sorted(name.split("+")[0] for name in patches) == sorted(localservices.PATCHED_FILES)
     for name, text in patches.items():
         package = name.split("+")[0]
-        assert f"node_modules/{package}/{localservices.PATCHED_FILES[package]}" in text, name
+        changed = sorted(line.split("/", 3)[3] for line in text.splitlines() if line.startswith("+++ b/"))
+        assert changed == sorted(localservices.PATCHED_FILES[package]), name
         assert "certstore patch" in text, name
     assert "newDoc._revisions = incomingRevisions;" in patches["pouchdb-validation+4.2.0.patch"]
     assert "res.complete" in patches["node-fetch+2.6.7.patch"]
+    assert localservices.EVERY_COPY <= set(localservices.PATCHED_FILES)
+
+
+def _install_patched(modules: Path, marker: str = "// certstore patch\n") -> None:
+    for package, files in localservices.PATCHED_FILES.items():
+        for file in files:
+            (modules / package / file).parent.mkdir(parents=True, exist_ok=True)
+            (modules / package / file).write_text(marker)
 
 
 def test_unpatched_copies_names_missing_packages_and_unmarked_files(tmp_path: Path) -> None:
     modules = tmp_path / "node_modules"
-    (modules / "pouchdb-validation" / "lib").mkdir(parents=True)
-    (modules / "pouchdb-validation" / "lib" / "index.js").write_text("// certstore patch\n")
+    _install_patched(modules)
+    assert localservices._unpatched_copies(tmp_path) == []
+    # A nested copy of a correctness patch's package must be patched too...
     nested = modules / "x" / "node_modules" / "pouchdb-validation" / "lib"
     nested.mkdir(parents=True)
     (nested / "index.js").write_text("unpatched\n")
+    # ... a nested copy of a speed-up's package need not (pouchdb-utils under the websql adapters).
+    utils = modules / "pouchdb-adapter-websql-core" / "node_modules" / "pouchdb-utils" / "lib"
+    utils.mkdir(parents=True)
+    (utils / "index.js").write_text("unpatched\n")
+    (modules / "pouchdb-auth" / "lib" / "utils.js").write_text("unpatched\n")
+    (modules / "node-fetch" / "lib" / "index.js").unlink()
     assert localservices._unpatched_copies(tmp_path) == [
         "node-fetch (not installed)",
         str(nested / "index.js"),
+        str(modules / "pouchdb-auth" / "lib" / "utils.js"),
     ]
-    (modules / "node-fetch" / "lib").mkdir(parents=True)
-    (modules / "node-fetch" / "lib" / "index.js").write_text("// certstore patch\n")
+    _install_patched(modules)
     (nested / "index.js").write_text("// certstore patch\n")
     assert localservices._unpatched_copies(tmp_path) == []
     assert len(localservices.validation_copies(tmp_path)) == 2

@@ -243,7 +243,7 @@ def test_every_installed_copy_of_a_patched_package_is_patched(couch_server: Couc
     if not couch_server.restartable:
         pytest.skip("an external CouchDB is in use: pouchdb-server is not installed")
     copies = localservices.patched_copies()
-    assert set(copies) == {"pouchdb-validation", "node-fetch"}
+    assert set(copies) == set(localservices.PATCHED_FILES)
     for package, paths in copies.items():
         assert paths, package
         for path in paths:

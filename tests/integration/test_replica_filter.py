@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import httpx
 import pytest
 
 from store import ids, replication
@@ -60,3 +62,54 @@ def test_filtered_replicas_carry_only_their_own_reports(couch_servers: Any, db_n
     assert not on(web2, ids.deploy_id("web1", "site")) and not on(web2, ids.server_id("web1"))
     listed = replication.list_replications(CouchClient(node.admin_url))
     assert {r.name for r in listed} >= {"web1", "web2"}
+    jobs = CouchClient(node.admin_url).db(replication.REPLICATOR_DB).all_docs(include_docs=True)["rows"]
+    ours = [row["doc"] for row in jobs if "certstore" in row["doc"]]
+    assert ours and all(doc["checkpoint_interval"] == replication.CHECKPOINT_INTERVAL_MS for doc in ours), (
+        "pouchdb-server would write a checkpoint after every replicated change"
+    )
+
+
+def test_filtered_longpoll_feeds_each_get_their_own_change_after_many_others(
+    couch_server: Any, db_name: str
+) -> None:
+    """What the pouchdb-utils patch changes: live listeners of one database share a read of the new
+    rows, and a filtered feed resumes after every row it read, matched or not. Each feed must still
+    get exactly its own server's documents, however many unmatched writes came first."""
+    name = couch_server.db_name(db_name)
+    client = CouchClient(couch_server.admin_url)
+    init_database(client, name)
+    db = client.db(name)
+    since = db.info()["update_seq"]
+    servers = [f"web{i}" for i in range(4)]
+    got: dict[str, list[str]] = {server: [] for server in servers}
+
+    def follow(server: str) -> None:
+        position: Any = since
+        with httpx.Client(auth=couch_server.auth, timeout=60) as http:
+            while len(got[server]) < 2:
+                reply = http.get(
+                    f"{couch_server.url}/{name}/_changes",
+                    params={
+                        "feed": "longpoll",
+                        "since": position,
+                        "heartbeat": 10000,
+                        "filter": replication.REPLICA_FILTER,
+                        "server": server,
+                    },
+                    headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+                ).json()
+                got[server].extend(row["id"] for row in reply["results"])
+                position = reply["last_seq"]
+
+    threads = [threading.Thread(target=follow, args=(server,), daemon=True) for server in servers]
+    for thread in threads:
+        thread.start()
+    for round_no in range(2):
+        for i in range(20):  # reports of servers nobody follows: every feed wakes, none matches
+            db.put(Deployment(server=f"other{i}", credential=f"c{round_no}").to_doc())
+        for server in servers:
+            db.put(Deployment(server=server, credential=f"c{round_no}").to_doc())
+    for thread in threads:
+        thread.join(30)
+    for server in servers:
+        assert got[server] == [ids.deploy_id(server, "c0"), ids.deploy_id(server, "c1")], server
