@@ -165,11 +165,22 @@ def replicate_add(
     ] = None,
     server: Annotated[
         str | None,
-        typer.Option(help="The server this replica belongs to: it then skips the other servers' reports."),
+        typer.Option(
+            help="The server this replica belongs to: it then skips the other servers' reports and "
+            "sends back only its own."
+        ),
     ] = None,
     on: Annotated[
         str, typer.Option(help="Which server runs the replication: 'replica' (default) or 'hub'.")
     ] = "replica",
+    push_all: Annotated[
+        bool,
+        typer.Option(
+            "--push-all",
+            help="With --server: send every document written on the replica to the hub (the certmgr "
+            "or admins write there), not only the server's own server: and deploy: documents.",
+        ),
+    ] = False,
 ) -> None:
     """Replicate continuously hub → replica and replica → hub."""
     from store import replication
@@ -178,8 +189,12 @@ def replicate_add(
     replica_end = replication.Endpoint(replica, replica_db)
     if on not in ("replica", "hub"):
         raise typer.BadParameter("must be 'replica' or 'hub'", param_hint="--on")
+    if push_all and server is None:
+        raise typer.BadParameter(
+            "only with --server (without it everything is replicated)", param_hint="--push-all"
+        )
     with CouchClient(replica if on == "replica" else hub) as client:
-        ids = replication.add(client, hub_end, replica_end, name, server=server)
+        ids = replication.add(client, hub_end, replica_end, name, server=server, push_all=push_all)
     out.print(f"replicating {hub_end.shown()} <-> {replica_end.shown()} ({', '.join(ids)})")
 
 

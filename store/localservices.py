@@ -82,7 +82,9 @@ _PATCH_MARKER = "certstore patch"
 #: Speed (docs/agent.md, P1): pouchdb-utils (feeds waiting at one seq share a read of the new rows and
 #: move past what they read), pouchdb-changes-filter (filters compiled once), pouchdb-auth (no disk
 #: size per request, PBKDF2 results kept), pouchdb-server (--no-stdout-logs honoured),
-#: pouchdb-replication (CouchDB's checkpoint_interval honoured).
+#: pouchdb-replication (CouchDB's checkpoint_interval honoured), pouchdb-adapter-http (a live feed
+#: is one feed=continuous request, as CouchDB's replicator reads it, not a longpoll per change) with
+#: express-pouchdb (a continuous feed's listener and heartbeats stop when its client disconnects).
 PATCHED_FILES: Mapping[str, tuple[str, ...]] = {
     "pouchdb-validation": ("lib/index.js",),
     "node-fetch": ("lib/index.js",),
@@ -91,6 +93,8 @@ PATCHED_FILES: Mapping[str, tuple[str, ...]] = {
     "pouchdb-auth": ("lib/sessionapi.js", "lib/utils.js"),
     "pouchdb-server": ("lib/index.js",),
     "pouchdb-replication": ("lib/index.js",),
+    "pouchdb-adapter-http": ("lib/index.js",),
+    "express-pouchdb": ("lib/routes/changes.js",),
 }
 #: The packages whose nested copies must carry the patch too (the correctness patches). The speed-ups
 #: are for the top-level copies pouchdb-server loads with its default leveldb adapter; the nested

@@ -11,8 +11,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from store.couch import CouchClient, JSONDict, ServerURL, redact
-from store.errors import Forbidden, NotFound, ValidationError
+from store import ids
+from store.couch import CouchClient, Database, JSONDict, ServerURL, redact
+from store.errors import CertstoreError, Forbidden, NotFound, ValidationError
 from store.ids import replication_doc_id, replication_name
 from store.names import check_name
 
@@ -58,6 +59,8 @@ def default_name(hub: Endpoint, replica: Endpoint) -> str:
 
 #: The design document's filter that keeps a server's replica to what that server needs.
 REPLICA_FILTER = "certstore/replica"
+#: The one that sends back to the hub only what that server writes (its ``server:`` and ``deploy:``).
+OWN_FILTER = "certstore/own"
 
 #: Milliseconds between checkpoint writes (CouchDB's ``checkpoint_interval``; its default too).
 #: pouchdb-server (patched, see node/patches) honours it as well instead of writing a checkpoint
@@ -74,14 +77,20 @@ def add(
     name: str | None = None,
     *,
     server: str | None = None,
+    push_all: bool = False,
 ) -> list[str]:
     """Write (or refresh) the pull and push documents on ``client``'s ``_replicator``; return ids.
 
     With ``server`` the replica is that server's: the other servers' ``server:`` and ``deploy:``
     documents stay on the hub (the ``certstore/replica`` filter), so a fleet of N servers moves N,
-    not N x N, reports. Without it the replica is a full copy (a standby hub, say).
+    not N x N, reports; and only that server's own ``server:`` and ``deploy:`` documents go back
+    (``certstore/own``: the rest came from the hub, and the server's user may write nothing else
+    there), unless ``push_all`` (a replica the certmgr or admins write to). Without ``server`` the
+    replica is a full copy (a standby hub, say).
     """
     pair_name = replication_name(name) if name else default_name(hub, replica)
+    if server is not None and ServerURL.parse(replica.server).url == client.url:
+        _check_filters(client.db(replica.db))
     replicator = client.db(REPLICATOR_DB)
     replicator.create(exist_ok=True)
     written = []
@@ -96,9 +105,10 @@ def add(
             "checkpoint_interval": CHECKPOINT_INTERVAL_MS,
             "certstore": {"name": pair_name, "direction": direction},
         }
-        if server is not None:
-            doc["filter"] = REPLICA_FILTER
+        if server is not None and (direction == "pull" or not push_all):
+            doc["filter"] = REPLICA_FILTER if direction == "pull" else OWN_FILTER
             doc["query_params"] = {"server": check_name(server)}
+        if server is not None:
             # pouchdb-server checkpoints on both sides after every batch; keep the hub's checkpoint
             # writes off it (the replica side holds them). CouchDB 3 ignores the field.
             doc["checkpoint"] = "target" if direction == "pull" else "source"
@@ -131,6 +141,19 @@ def add(
             replicator.put(doc)
         written.append(doc_id)
     return written
+
+
+def _check_filters(db: Database) -> None:
+    """Refuse to set up filtered replication of a replica whose design document lacks the filters
+    (the replication would fail on the server with no one watching)."""
+    design = db.get_or_none(ids.DESIGN)
+    filters = (design or {}).get("filters") or {}
+    missing = [f for f in (REPLICA_FILTER, OWN_FILTER) if f.split("/", 1)[1] not in filters]
+    if missing:
+        raise CertstoreError(
+            f"{db.url} lacks the design document's filter(s) {', '.join(missing)}: run "
+            f"`certstore init` on the replica first (--url its server, --db {db.name})"
+        )
 
 
 def _state(doc: JSONDict) -> str:

@@ -187,6 +187,8 @@ def test_repository_patches_target_the_verified_packages() -> None:
         assert "certstore patch" in text, name
     assert "newDoc._revisions = incomingRevisions;" in patches["pouchdb-validation+4.2.0.patch"]
     assert "res.complete" in patches["node-fetch+2.6.7.patch"]
+    assert "params.feed = 'continuous';" in patches["pouchdb-adapter-http+7.3.1.patch"]
+    assert "feed.cancel();" in patches["express-pouchdb+4.2.0.patch"]
     assert localservices.EVERY_COPY <= set(localservices.PATCHED_FILES)
 
 

@@ -1,4 +1,5 @@
-"""A server's replica holds what that server needs: not the other servers' heartbeats and reports."""
+"""A server's replica holds what that server needs (not the other servers' heartbeats and reports)
+and sends back only what that server writes."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ import pytest
 from store import ids, replication
 from store.couch import CouchClient, Database
 from store.documents import Deployment, Server, TlsCredential
+from store.errors import CertstoreError
 from store.follower import wait_for
+from store.ids import replication_doc_id, replication_name
 from store.provision import init_database
 
 pytestmark = pytest.mark.integration
 
 
-def replica(hub: Any, hub_db: str, server: Any, db_name: str, name: str) -> Database:
+def replica(
+    hub: Any, hub_db: str, server: Any, db_name: str, name: str, *, push_all: bool = False
+) -> Database:
     client = CouchClient(server.admin_url)
     init_database(client, db_name)
     replication.add(
@@ -26,6 +31,7 @@ def replica(hub: Any, hub_db: str, server: Any, db_name: str, name: str) -> Data
         replication.Endpoint(server.admin_url, db_name),
         name=name,
         server=name,
+        push_all=push_all,
     )
     return client.db(db_name)
 
@@ -62,10 +68,56 @@ def test_filtered_replicas_carry_only_their_own_reports(couch_servers: Any, db_n
     assert not on(web2, ids.deploy_id("web1", "site")) and not on(web2, ids.server_id("web1"))
     listed = replication.list_replications(CouchClient(node.admin_url))
     assert {r.name for r in listed} >= {"web1", "web2"}
+    # Only a server's own documents go back to the hub: a request written on web1's replica (which
+    # web1's user could not write on the hub anyway) stays there. Written before web1's next report:
+    # once that report is on the hub, the request would be too if the push carried it.
+    web1.put(TlsCredential.create("local", ["local.example.com"], servers=["web1"]).to_doc())
+    report = web1.get(ids.deploy_id("web1", "site"))
+    report["state"] = "removed"
+    web1.put(report)
+    assert wait_for(lambda: hub.get(ids.deploy_id("web1", "site")).get("state") == "removed", 20)
+    assert not on(hub, ids.credential_id("local"))
     jobs = CouchClient(node.admin_url).db(replication.REPLICATOR_DB).all_docs(include_docs=True)["rows"]
     ours = [row["doc"] for row in jobs if "certstore" in row["doc"]]
     assert ours and all(doc["checkpoint_interval"] == replication.CHECKPOINT_INTERVAL_MS for doc in ours), (
         "pouchdb-server would write a checkpoint after every replicated change"
+    )
+
+
+def test_push_all_sends_what_the_certmgr_or_admins_write_on_the_replica(
+    couch_servers: Any, db_name: str
+) -> None:
+    hub_server, node = couch_servers(2)
+    hub_db = hub_server.db_name(db_name)
+    init_database(CouchClient(hub_server.admin_url), hub_db)
+    hub = CouchClient(hub_server.admin_url).db(hub_db)
+    certmgr = replica(hub_server, hub_db, node, node.db_name(db_name + "-cm"), "cm", push_all=True)
+    certmgr.put(TlsCredential.create("written-there", ["there.example.com"]).to_doc())
+    assert wait_for(lambda: hub.get_or_none(ids.credential_id("written-there")) is not None, 20)
+    push = (
+        CouchClient(node.admin_url)
+        .db(replication.REPLICATOR_DB)
+        .get(replication_doc_id(replication_name("cm"), "push"))
+    )
+    assert "filter" not in push
+
+
+def test_a_replica_without_the_filters_is_refused_with_the_fix(couch_servers: Any, db_name: str) -> None:
+    hub_server, node = couch_servers(2)
+    bare = node.db_name(db_name + "-bare")
+    client = CouchClient(node.admin_url)
+    client.db(bare).create()  # no `certstore init`: no design document, so no filters
+    with pytest.raises(CertstoreError, match="run `certstore init` on the replica first"):
+        replication.add(
+            client,
+            replication.Endpoint(hub_server.admin_url, hub_server.db_name(db_name)),
+            replication.Endpoint(node.admin_url, bare),
+            name="bare",
+            server="bare",
+        )
+    assert (
+        client.db(replication.REPLICATOR_DB).get_or_none(replication_doc_id(replication_name("bare"), "pull"))
+        is None
     )
 
 
