@@ -104,9 +104,12 @@ class Inotify:
         self.add_tree(str(root))
 
     def add_tree(self, top: str) -> None:
-        """Watch ``top`` and every directory below it (symbolic links are not followed)."""
+        """Watch ``top`` and every directory below it (symbolic links are not followed), except
+        hidden ones: the agent writes a version in ``.tmp-*`` and renames it when complete, and
+        watching it there would only add a dozen events per deploy."""
         self._add(top)
         for dirpath, dirnames, _files in os.walk(top, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for dirname in dirnames:
                 self._add(os.path.join(dirpath, dirname))
 
@@ -151,7 +154,9 @@ class Inotify:
                 self._paths.pop(wd, None)
                 continue
             directory = self._paths.get(wd)
-            if directory is None:
+            if directory is None or raw_name.startswith(b"."):
+                # Hidden names are the agent's work in progress (a version being written, a link
+                # about to replace the live one); what it becomes is reported under its own name.
                 continue
             path = os.path.join(directory, os.fsdecode(raw_name)) if raw_name else directory
             changed.add(path)

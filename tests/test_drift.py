@@ -91,6 +91,29 @@ def test_reading_a_deployed_file_is_not_a_change(tree: Path, checks: Checks) -> 
     assert not checks.seen("web")
 
 
+def test_work_in_progress_is_not_watched_but_its_result_is(tree: Path, checks: Checks) -> None:
+    staging = tree / "versions" / "web" / ".tmp-02-abc"
+    staging.mkdir()
+    (staging / "cert.pem").write_text("two")
+    (tree / "live" / ".web.tmp-abc").symlink_to(staging)
+    # Nothing asked for yet: a version being written is no drift. The marker proves the watcher has
+    # handled every event before it.
+    (tree / "versions" / "marker").mkdir()
+    assert wait_for(lambda: checks.seen("marker"), 5)
+    assert not checks.seen("web")
+    # The finished version, renamed into place and switched to, is seen under its own names.
+    staging.rename(tree / "versions" / "web" / "v2")
+    assert wait_for(lambda: checks.seen("web"), 5)
+    (tree / "versions" / "web" / ".tmp-03-def").mkdir()  # one found when the watch starts
+    inotify = Inotify(tree)
+    try:
+        watched = set(inotify._paths.values())
+        assert str(tree / "versions" / "web" / "v2") in watched
+        assert not any(".tmp-" in path for path in watched)
+    finally:
+        inotify.close()
+
+
 def test_lost_events_ask_for_a_check_of_everything(tree: Path) -> None:
     inotify = Inotify(tree)
     try:
