@@ -92,3 +92,13 @@ def test_other_command_lines_get_the_full_cli(tmp_path: Path) -> None:
     result = run_main(["agent", "run"], tmp_path)
     assert result.returncode == 2
     assert "Missing option '--config'" in result.stderr
+
+
+def test_push_all_without_a_server_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    result = run_main(
+        ["replicate", "add", "--hub", "http://127.0.0.1:9", "--replica", "http://127.0.0.1:9", "--push-all"],
+        tmp_path,
+    )
+    assert result.returncode == 2
+    assert "--push-all" in result.stderr and "only with --server" in result.stderr
+    assert "Traceback" not in result.stderr
