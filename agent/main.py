@@ -64,6 +64,20 @@ def agent_run_request(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[
     return verbose, Path(config)
 
 
+def agent_run_command(config: Path) -> list[str]:
+    """The argv that runs ``certstore agent run --config CONFIG`` with this interpreter, through this
+    console script (for supervisors and benchmarks that start agents as processes)."""
+    return [
+        sys.executable,
+        "-c",
+        "from agent.main import main; main()",
+        "agent",
+        "run",
+        "--config",
+        str(config),
+    ]
+
+
 def report_errors(run: Callable[[], object]) -> None:
     """Call ``run``; a certstore error becomes one line on stderr and exit status 1, Ctrl-C 130."""
     try:

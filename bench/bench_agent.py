@@ -60,6 +60,7 @@ from agent.config import AgentConfig
 from agent.drift import Inotify
 from agent.hostagent import HostAgent
 from agent.keyring import read_meta
+from agent.main import agent_run_command
 from store import replication
 from store.couch import CouchClient, Database
 from store.enrollment import enroll
@@ -192,15 +193,7 @@ class ProcessAgents:
         self.status_files[name] = config.state_dir / "agent-status.json"
         with self.logs[name].open("wb") as log:
             self.procs[name] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "from agent.main import main; main()",
-                    "agent",
-                    "run",
-                    "--config",
-                    str(config_path),
-                ],
+                agent_run_command(config_path),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -215,18 +208,12 @@ class ProcessAgents:
                 tail = self.logs[name].read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"agent {name} exited with status {proc.returncode}:\n{tail}")
 
-    def _caught_up(self, name: str) -> bool:
-        try:
-            return bool(json.loads(self.status_files[name].read_text())["follower"]["caught_up"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-
     def wait_caught_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         pending = set(self.procs)
         while pending and time.monotonic() < deadline:
             self._check_alive()
-            pending = {name for name in pending if not self._caught_up(name)}
+            pending = {name for name in pending if not status_caught_up(self.status_files[name])}
             time.sleep(0.2)
         assert not pending, f"agents not caught up after {timeout:g}s: {sorted(pending)}"
 
@@ -303,6 +290,14 @@ class ProcessAgents:
         if self.inotify is not None:
             self.inotify.close()
             self.inotify = None
+
+
+def status_caught_up(status_file: Path) -> bool:
+    """Whether an agent's ``agent-status.json`` says its follower has caught up."""
+    try:
+        return bool(json.loads(status_file.read_text())["follower"]["caught_up"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _die_with_parent() -> None:
@@ -528,27 +523,10 @@ def memory(total: int, root: Path) -> None:
             f'server = "web1"\nurl = "{node.admin_url}"\ndb = "{DB}"\nstate_dir = "{state_dir}"\n'
             f'data_dir = "{data_dir}"\n'
         )
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from agent.main import main; main()",
-                "agent",
-                "run",
-                "--config",
-                str(config_path),
-            ]
-        )
+        proc = subprocess.Popen(agent_run_command(config_path))
         try:
             status = state_dir / "agent-status.json"
-
-            def caught_up() -> bool:
-                try:
-                    return bool(json.loads(status.read_text())["follower"]["caught_up"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    return False
-
-            assert wait_for(caught_up, 60)
+            assert wait_for(lambda: status_caught_up(status), 60)
             time.sleep(2)  # let start-up garbage settle before reading the idle figure
             idle = rss_mb(proc.pid)
             key = load_host_key(state_dir)

@@ -6,7 +6,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from agent_ca import TestCA, request_doc, state_doc
 from test_agent import assert_complete, direct_host, live_fingerprint
 
 from agent.config import load_config
+from agent.main import agent_run_command
 from store import ids
 from store.couch import Database
 from store.follower import wait_for
@@ -29,15 +29,7 @@ KILLS = 15
 def start_agent(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from agent.main import main; main()",
-                "agent",
-                "run",
-                "--config",
-                str(config_path),
-            ],
+            agent_run_command(config_path),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
