@@ -469,11 +469,6 @@ def patched_copies(directory: Path | None = None) -> dict[str, list[Path]]:
     }
 
 
-def validation_copies(directory: Path | None = None) -> list[Path]:
-    """Every ``pouchdb-validation/lib/index.js`` under node_modules (nested copies included)."""
-    return patched_copies(directory)["pouchdb-validation"]
-
-
 def ensure_installed(*, npm: bool = True, apt: bool = True, for_tests: bool = False) -> list[str]:
     """Install whatever is missing: Node.js/npm, the npm packages (patched), pebble and BIND9
     (and, ``for_tests``, what only the test suite uses).

@@ -221,7 +221,7 @@ def test_unpatched_copies_names_missing_packages_and_unmarked_files(tmp_path: Pa
     _install_patched(modules)
     (nested / "index.js").write_text("// certstore patch\n")
     assert localservices._unpatched_copies(tmp_path) == []
-    assert len(localservices.validation_copies(tmp_path)) == 2
+    assert len(localservices.patched_copies(tmp_path)["pouchdb-validation"]) == 2
 
 
 # --- process identity --------------------------------------------------------------------------------
