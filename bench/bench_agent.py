@@ -270,11 +270,7 @@ class ProcessAgents:
 
     def cpu_seconds(self) -> float:
         """The agent processes' CPU so far (user + system, all their threads)."""
-        ticks = 0
-        for proc in self.procs.values():
-            fields = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return sum(process_cpu_seconds(proc.pid) for proc in self.procs.values())
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -290,6 +286,18 @@ class ProcessAgents:
         if self.inotify is not None:
             self.inotify.close()
             self.inotify = None
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """A process's CPU so far (user + system, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def nodes_cpu_seconds(nodes: list[CouchNode]) -> float:
+    """The pouchdb-server processes' CPU so far."""
+    return sum(process_cpu_seconds(node.process.pid) for node in nodes if node.process is not None)
 
 
 def status_caught_up(status_file: Path) -> bool:
@@ -340,7 +348,7 @@ def propagation(agents: int, rounds: int, node_count: int, root: Path, threads: 
             arrive_latencies: list[float] = []
             per_agent: dict[str, list[float]] = {n: [] for n in names}
             state_rev: str | None = None
-            cpu_start = bench_cpu_start = 0.0
+            cpu_start = bench_cpu_start = hub_cpu_start = replicas_cpu_start = 0.0
             # Warm-up: the first certificate reaches everyone (replication and feeds are up).
             for round_no in range(rounds + 1):
                 issued: Issued = ca.issue(["bench.example.com"])
@@ -354,6 +362,8 @@ def propagation(agents: int, rounds: int, node_count: int, root: Path, threads: 
                 if round_no == 1:
                     cpu_start = runner.cpu_seconds()
                     bench_cpu_start = time.thread_time()
+                    hub_cpu_start = nodes_cpu_seconds([hub_node])
+                    replicas_cpu_start = nodes_cpu_seconds(replica_nodes)
                 start = time.monotonic()
                 state_rev = hub.put(doc)
                 deadline = start + (120 if round_no == 0 else 20)
@@ -372,6 +382,8 @@ def propagation(agents: int, rounds: int, node_count: int, root: Path, threads: 
                     arrive_latencies.extend(t - start for t in runner.arrivals.values())
             cpu_per_round = (runner.cpu_seconds() - cpu_start) / rounds
             bench_cpu_per_round = (time.thread_time() - bench_cpu_start) / rounds
+            hub_cpu_per_round = (nodes_cpu_seconds([hub_node]) - hub_cpu_start) / rounds
+            replicas_cpu_per_round = (nodes_cpu_seconds(replica_nodes) - replicas_cpu_start) / rounds
         finally:
             runner.stop()
         if not all_latencies:
@@ -401,7 +413,8 @@ def propagation(agents: int, rounds: int, node_count: int, root: Path, threads: 
         watching = "polling every 2 ms" if threads else "inotify"
         print(
             f"  CPU per round: {what} {cpu_per_round:.2f} s; the bench's main thread (issuing, sealing, "
-            f"writing the state, {watching}) {bench_cpu_per_round:.2f} s"
+            f"writing the state, {watching}) {bench_cpu_per_round:.2f} s; pouchdb-server: the hub "
+            f"{hub_cpu_per_round:.2f} s, the replica nodes {replicas_cpu_per_round:.2f} s"
         )
 
 

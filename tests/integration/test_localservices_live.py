@@ -270,6 +270,111 @@ def test_pouchdb_fetch_fails_a_body_cut_off_by_a_closed_connection(couch_server:
     assert time.monotonic() - started < 5.0
 
 
+# --- what CouchDB keeps in memory (the pouchdb-adapter-leveldb-core, -validation, -security and -auth
+# patches keep it until the next write that changes it): every change counts from the next request.
+
+
+def as_user(server: CouchServer, user: str, password: str, method: str, path: str, body: Any = None) -> int:
+    """The status of a request with basic authentication as ``user``."""
+    return httpx.request(
+        method, server.url + path, auth=(user, password), headers=JSON, json=body, timeout=10
+    ).status_code
+
+
+def put_user(server: CouchServer, name: str, password: str) -> str:
+    """Create or update a user; the new revision."""
+    doc_id = f"org.couchdb.user:{name}"
+    current = request(server, "GET", f"/_users/{doc_id}")
+    doc = {"_id": doc_id, "name": name, "password": password, "roles": [], "type": "user"}
+    if current.status_code == 200:
+        doc["_rev"] = current.json()["_rev"]
+    return str(ok(request(server, "PUT", f"/_users/{doc_id}", doc))["rev"])
+
+
+def test_a_changed_validation_function_applies_to_the_next_write(
+    couch_server: CouchServer, db_name: str
+) -> None:
+    db = couch_server.db_name(db_name)
+    ok(request(couch_server, "PUT", f"/{db}"))
+    ok(request(couch_server, "PUT", f"/{db}/a", {"n": 1}))  # read and kept: no validation function yet
+    rev = ok(request(couch_server, "PUT", f"/{db}/_design/rules", {"validate_doc_update": VALIDATE}))["rev"]
+    assert request(couch_server, "PUT", f"/{db}/b", {"n": 2}).status_code == 403
+    ok(request(couch_server, "PUT", f"/{db}/c", {"type": "t"}))
+    ok(request(couch_server, "DELETE", f"/{db}/_design/rules", rev=rev))
+    ok(request(couch_server, "PUT", f"/{db}/b", {"n": 2}))
+    # Arriving by replication (a write of many documents at once) counts as well.
+    rules = {"_id": "_design/rules", "_rev": "1-abcd", "validate_doc_update": VALIDATE}
+    ok(request(couch_server, "POST", f"/{db}/_bulk_docs", {"docs": [rules], "new_edits": False}))
+    assert request(couch_server, "PUT", f"/{db}/d", {"n": 3}).status_code == 403
+
+
+def test_a_deleted_and_recreated_database_forgets_the_old_rules(
+    couch_server: CouchServer, db_name: str
+) -> None:
+    db = couch_server.db_name(db_name)
+    ok(request(couch_server, "PUT", f"/{db}"))
+    ok(request(couch_server, "PUT", f"/{db}/_design/rules", {"validate_doc_update": VALIDATE}))
+    ok(request(couch_server, "PUT", f"/{db}/_security", {"members": {"names": ["nobody"], "roles": []}}))
+    assert request(couch_server, "PUT", f"/{db}/a", {"n": 1}).status_code == 403
+    ok(request(couch_server, "DELETE", f"/{db}"))
+    ok(request(couch_server, "PUT", f"/{db}"))
+    ok(request(couch_server, "PUT", f"/{db}/a", {"n": 1}))
+    assert ok(request(couch_server, "GET", f"/{db}/_security")).get("members", {}).get("names", []) == []
+
+
+def test_a_changed_security_object_applies_to_the_next_request(
+    couch_server: CouchServer, db_name: str
+) -> None:
+    db = couch_server.db_name(db_name)
+    user, password = f"u-{db_name}", "pw-one"
+    put_user(couch_server, user, password)
+    ok(request(couch_server, "PUT", f"/{db}"))
+    members = {"members": {"names": [user], "roles": []}}
+    ok(request(couch_server, "PUT", f"/{db}/_security", members))
+    assert as_user(couch_server, user, password, "PUT", f"/{db}/a", {"n": 1}) == 201
+    # Stored as given: the sections filled in for the checks do not leak into what is read back.
+    assert ok(request(couch_server, "GET", f"/{db}/_security")) == members
+    ok(
+        request(
+            couch_server, "PUT", f"/{db}/_security", {"members": {"names": ["someone-else"], "roles": []}}
+        )
+    )
+    # CouchDB says 403 to an authenticated non-member; pouchdb-server says 401 (DESIGN.md).
+    assert as_user(couch_server, user, password, "GET", f"/{db}/a") in (401, 403)
+    ok(request(couch_server, "PUT", f"/{db}/_security", members))
+    assert as_user(couch_server, user, password, "GET", f"/{db}/a") == 200
+
+
+def test_a_changed_user_applies_to_the_next_request(couch_server: CouchServer, db_name: str) -> None:
+    user = f"u-{db_name}"
+    # Unknown at first: refused, and that is remembered only until the users database changes.
+    assert as_user(couch_server, user, "pw-one", "GET", "/_session") == 401
+    put_user(couch_server, user, "pw-one")
+    assert as_user(couch_server, user, "pw-one", "GET", "/_session") == 200
+    put_user(couch_server, user, "pw-two")
+    assert as_user(couch_server, user, "pw-one", "GET", "/_session") == 401
+    assert as_user(couch_server, user, "pw-two", "GET", "/_session") == 200
+    rev = ok(request(couch_server, "GET", f"/_users/org.couchdb.user:{user}"))["_rev"]
+    ok(request(couch_server, "DELETE", f"/_users/org.couchdb.user:{user}", rev=rev))
+    assert as_user(couch_server, user, "pw-two", "GET", "/_session") == 401
+
+
+def test_responses_are_not_compressed(couch_server: CouchServer, db_name: str) -> None:
+    # As Apache CouchDB: JSON goes out as is, even to a client that accepts gzip.
+    db = couch_server.db_name(db_name)
+    ok(request(couch_server, "PUT", f"/{db}"))
+    ok(request(couch_server, "PUT", f"/{db}/big", {"data": "x" * 20000}))
+    response = httpx.get(
+        f"{couch_server.url}/{db}/big",
+        auth=couch_server.auth,
+        headers={"Accept-Encoding": "gzip"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert "content-encoding" not in response.headers
+    assert response.json()["data"] == "x" * 20000
+
+
 def test_ensure_installed_is_fast_when_done(services_installed: None) -> None:
     started = time.monotonic()
     assert localservices.ensure_installed(npm=not os.environ.get(localservices.TEST_COUCHDB_URL_ENV)) == []
@@ -303,9 +408,7 @@ def test_dev_up_status_down_round_trip(
         node1 = state.nodes[0]
         assert node1.pid is not None
         os.killpg(node1.pid, signal.SIGKILL)
-        assert wait_for(
-            lambda: not localservices.dev_status(tmp_path).alive["node1"], timeout=5
-        )
+        assert wait_for(lambda: not localservices.dev_status(tmp_path).alive["node1"], timeout=5)
         revived = localservices.dev_up(tmp_path, 2)
         assert (
             revived.alive["node1"] and revived.nodes[0].url == node1.url and revived.nodes[0].pid != node1.pid
