@@ -87,12 +87,15 @@ def _now() -> datetime:
 
 
 class BatchingCheckpoint(FileCheckpoint):
-    """A file checkpoint that, while catching up, is written at most every ``interval_s``.
+    """A file checkpoint written at most every ``interval_s`` (0: after every change).
 
-    Why: one fsynced write per change dominates a fresh agent's catch-up. Saving less often never
-    skips a change; it only means a crash replays a few already-applied changes, and applying a change
-    again is a no-op (the agent compares what it holds with what the documents ask for). Once the
-    follower has caught up, every change is saved as it is applied.
+    Why: a fsynced write per change dominated a fresh agent's catch-up, and gave every live change
+    (and the agent's own report coming back through its feed) two more fsyncs, in the burst when a
+    whole fleet deploys at once. Saving less often never skips a change: a crash only means the
+    changes since the last write are read again, and applying a change again is a no-op (the agent
+    compares what it holds with what the documents ask for; after a restart it also reads what it
+    should hold before following the feed). The follower flushes a held-back seq when its feed goes
+    idle (each heartbeat) and when it stops, so the file trails the feed only while changes flow.
 
     ``before_save`` runs before each write: the agent commits the versions it staged meanwhile, so
     the checkpoint never names a change whose files are not yet durable and live.
@@ -102,12 +105,10 @@ class BatchingCheckpoint(FileCheckpoint):
         self,
         path: Path,
         *,
-        live: Callable[[], bool],
         before_save: Callable[[], None] = lambda: None,
         interval_s: float = 1.0,
     ) -> None:
         super().__init__(path)
-        self._live = live
         self._before_save = before_save
         self._interval_s = interval_s
         self._pending: Any = None
@@ -116,7 +117,7 @@ class BatchingCheckpoint(FileCheckpoint):
 
     def save(self, seq: Any) -> None:
         now = time.monotonic()
-        if self._live() or now - self._last >= self._interval_s:
+        if now - self._last >= self._interval_s:
             self._before_save()
             super().save(seq)
             self._last, self._dirty = now, False
@@ -124,11 +125,11 @@ class BatchingCheckpoint(FileCheckpoint):
             self._pending, self._dirty = seq, True
 
     def flush(self) -> None:
-        """Write a seq held back during catch-up."""
+        """Write a seq held back (and commit what is staged)."""
         self._before_save()
         if self._dirty:
             super().save(self._pending)
-            self._dirty = False
+            self._last, self._dirty = time.monotonic(), False
 
 
 @dataclass
@@ -355,7 +356,7 @@ class HostAgent:
         fault: FaultHook | None = None,
         clock: Callable[[], datetime] = _now,
         watch: bool = True,
-        catch_up_checkpoint_s: float = 1.0,
+        checkpoint_s: float = 1.0,
     ) -> None:
         self.config = config
         self.db = db
@@ -374,8 +375,8 @@ class HostAgent:
         self._watch = watch
         self._watcher: DriftWatcher | None = None
         self._wake_periodic = threading.Event()
-        # 0 writes the checkpoint after every change during catch-up too (bench/bench_agent.py compares).
-        self._catch_up_checkpoint_s = catch_up_checkpoint_s
+        # 0 writes the checkpoint after every change (bench/bench_agent.py compares, catching up).
+        self._checkpoint_s = checkpoint_s
         self._lock = threading.RLock()
         self._requests: dict[str, TlsCredential] = {}
         self._states: dict[str, TlsCredentialState] = {}
@@ -963,9 +964,8 @@ class HostAgent:
             self.reporter.start()
             checkpoint = BatchingCheckpoint(
                 self.paths.checkpoint_file,
-                live=lambda: self.follower is not None and self.follower.stats.caught_up.is_set(),
                 before_save=self.commit_staged,
-                interval_s=self._catch_up_checkpoint_s,
+                interval_s=self._checkpoint_s,
             )
             if checkpoint.load() is not None:
                 self._snapshot_until_done(stop_event)

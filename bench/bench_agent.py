@@ -484,7 +484,7 @@ def catchup(total: int, mine: int, root: Path, checkpoint_s: float) -> None:
         print(f"  wrote {rows} documents in {time.monotonic() - started:.1f}s")
         count, raw_s = raw_read(node, DB)
         config = agent_config("web1", node, DB, root / "p2")
-        agent = HostAgent(config, db, catch_up_checkpoint_s=checkpoint_s)
+        agent = HostAgent(config, db, checkpoint_s=checkpoint_s)
         stop = threading.Event()
         started = time.monotonic()
         thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)

@@ -241,6 +241,12 @@ class ChangesFollower:
         self.checkpoint.save(change.seq)
         self._unsaved = False
 
+    def _idle(self) -> None:
+        """The feed has nothing new: a checkpoint that holds saves back writes what it holds."""
+        flush = getattr(self.checkpoint, "flush", None)
+        if callable(flush):
+            flush()
+
     @property
     def since(self) -> Any | None:
         """The seq of the last change applied (None before the first)."""
@@ -302,7 +308,8 @@ class ChangesFollower:
                     if self.stop_event.is_set():
                         return
                     if not line.strip():
-                        continue  # heartbeat
+                        self._idle()  # a heartbeat: nothing new
+                        continue
                     try:
                         row = json.loads(line)
                     except ValueError:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from agent.hostagent import BatchingCheckpoint
 from store.couch import CouchClient, Database
 from store.errors import Conflict
 from store.follower import Change, ChangesFollower, LocalDocCheckpoint, run_in_thread, wait_for
@@ -115,3 +116,22 @@ def test_follower_survives_a_server_restart_mid_stream(couch_server: Any, db: Da
     assert sorted(counts) == [f"doc-{i:04d}" for i in range(200)], "a change was lost"
     assert max(counts.values()) == 1, f"applied twice: {[k for k, v in counts.items() if v > 1]}"
     assert follower.stats.connects >= 2, "the follower never reconnected"
+
+
+def test_a_checkpoint_held_back_is_written_when_the_feed_goes_idle(db: Database, tmp_path: Any) -> None:
+    # The agent's checkpoint writes at most once per interval; what it holds back must not wait for
+    # the next change: the follower flushes it at the feed's next heartbeat.
+    checkpoint = BatchingCheckpoint(tmp_path / "checkpoint.json", interval_s=3600)
+    recorder = Recorder()
+    follower = ChangesFollower(db, recorder, checkpoint, heartbeat=0.2, backoff=(0.05,))
+    thread = run_in_thread(follower)
+    try:
+        assert follower.stats.caught_up.wait(10)
+        write_docs(db, 0, 3)
+        assert wait_for(lambda: recorder.count() == 3, 10)
+        last = follower.since
+        # Written within a few heartbeats, though the interval is an hour and no change follows.
+        assert wait_for(lambda: checkpoint.load() == last, 5), (checkpoint.load(), last)
+    finally:
+        follower.stop()
+        thread.join(5)
