@@ -14,13 +14,12 @@
   until the last agent holds the new certificate, and of each agent's own time, and the agents' CPU
   seconds per round. ``--threads`` runs the agents as threads of this process instead (polled every
   2 ms), which adds the time until the change reaches each agent's feed — replication alone.
-  On two cores the two modes give the same figures within the spread (agents as processes, 3
-  interleaved runs each, load average 6-15 from the bench's own processes):
-  N = 10, 5 replica nodes, all agents p50 0.22-0.23 s, p95 0.26-0.29 s (threads the same);
-  N = 50, 5 nodes, all agents p50 1.03-1.09 s, p95 1.17-1.26 s (threads 1.12-1.21 s), per agent
-  p50 0.63-0.66 s (threads 0.68-0.75 s); N = 50, 2 nodes, p95 1.00-1.07 s (threads 1.02-1.11 s).
-  The agents use ≈ 0.45 CPU-seconds per round at N = 50 either way: the machine's two cores, not the
-  interpreter lock, are the limit.
+  On two cores the two modes give the same figures within the spread. It also prints the CPU per
+  round of the agents, the hub and the replica nodes. Measured (agents as processes, quiet machine,
+  2 runs each): N = 10, 5 replica nodes, all agents p95 0.22-0.24 s; N = 50, 5 nodes, p50
+  0.77-0.85 s, p95 0.92 s; N = 50, 2 nodes, p50 0.67-0.68 s, p95 0.81-0.87 s. A round at N = 50
+  costs about 1.4-1.55 CPU-seconds (hub 0.25, replica nodes 0.7-0.9, agents 0.4): the machine's
+  two cores are the limit (docs/agent.md, "Benchmarks").
 - catchup (P2): a fresh agent over ``--credentials`` requests and their states (``--mine`` of them for
   this agent), against a raw ``_changes?include_docs=true`` read of the same feed, same run.
 - memory: the resident set of a ``certstore agent run`` process, idle and with ``--credentials``
