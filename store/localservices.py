@@ -85,8 +85,9 @@ _PATCH_MARKER = "certstore patch"
 #: pouchdb-replication (CouchDB's checkpoint_interval honoured), pouchdb-adapter-http (a live feed
 #: is one feed=continuous request, as CouchDB's replicator reads it, not a longpoll per change) with
 #: express-pouchdb (a continuous feed's listener and heartbeats stop when its client disconnects; no
-#: gzip of responses, as CouchDB). pouchdb-adapter-leveldb-core keeps what is read on every request
-#: until a write changes it, as CouchDB keeps it in memory: the validation functions
+#: gzip of responses, as CouchDB), pouchdb-fetch (the replicator keeps its connections open, as
+#: CouchDB's does; node-fetch closed each one). pouchdb-adapter-leveldb-core keeps what is read on
+#: every request until a write changes it, as CouchDB keeps it in memory: the validation functions
 #: (pouchdb-validation), the security object (pouchdb-security) and user documents (pouchdb-auth).
 PATCHED_FILES: Mapping[str, tuple[str, ...]] = {
     "pouchdb-validation": ("lib/index.js",),
@@ -100,6 +101,7 @@ PATCHED_FILES: Mapping[str, tuple[str, ...]] = {
     "express-pouchdb": ("lib/routes/changes.js", "lib/compression.js"),
     "pouchdb-adapter-leveldb-core": ("lib/index.js",),
     "pouchdb-security": ("lib/index.js",),
+    "pouchdb-fetch": ("lib/index.js",),
 }
 #: The packages whose nested copies must carry the patch too (the correctness patches). The speed-ups
 #: are for the top-level copies pouchdb-server loads with its default leveldb adapter; the nested

@@ -270,6 +270,50 @@ def test_pouchdb_fetch_fails_a_body_cut_off_by_a_closed_connection(couch_server:
     assert time.monotonic() - started < 5.0
 
 
+# What the pouchdb-fetch patch is for: the replicator's requests share kept-alive connections (node-fetch
+# alone sends "Connection: close"), and a connection the server closed while idle is not reused.
+_KEEP_ALIVE_CHECK = """
+const http = require('http');
+const {fetch} = require('pouchdb-fetch');
+let connections = 0;
+const server = http.createServer((req, res) => res.end('{"ok":true}'));
+server.keepAliveTimeout = 2500;  // idle connections closed after 2.5 s (the hint says timeout=2)
+server.on('connection', () => { connections += 1; });
+server.listen(0, '127.0.0.1', async () => {
+  const url = 'http://127.0.0.1:' + server.address().port + '/';
+  try {
+    for (let i = 0; i < 5; i++) { await (await fetch(url)).json(); }
+    const first = connections;
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    for (let i = 0; i < 3; i++) { await (await fetch(url)).json(); }
+    console.log(JSON.stringify({first: first, total: connections}));
+    process.exit(0);
+  } catch (err) {
+    console.error('fetch failed: ' + err);
+    process.exit(1);
+  }
+});
+"""
+
+
+def test_pouchdb_fetch_keeps_connections_open(couch_server: CouchServer) -> None:
+    if not couch_server.restartable:
+        pytest.skip("an external CouchDB is in use: pouchdb-server is not installed")
+    node = localservices.find_binary("node")
+    assert node is not None
+    done = subprocess.run(
+        [node, "-e", _KEEP_ALIVE_CHECK],
+        cwd=localservices.node_dir(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # Five requests on one connection; after the server dropped it, one more for the next three.
+    assert json.loads(done.stdout) == {"first": 1, "total": 2}
+
+
 # --- what CouchDB keeps in memory (the pouchdb-adapter-leveldb-core, -validation, -security and -auth
 # patches keep it until the next write that changes it): every change counts from the next request.
 
