@@ -250,22 +250,27 @@ def test_every_installed_copy_of_a_patched_package_is_patched(couch_server: Couc
             assert "certstore patch" in path.read_text(), path
 
 
-def test_pouchdb_fetch_fails_a_body_cut_off_by_a_closed_connection(couch_server: CouchServer) -> None:
-    # What the node-fetch patch is for: unpatched, a long-poll whose server dies never ends, and
-    # pouchdb-server's continuous replications never retry (tests/integration/test_hub_restart.py).
+def run_node_script(couch_server: CouchServer, script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with node among pouchdb-server's packages (skipped with an external CouchDB)."""
     if not couch_server.restartable:
         pytest.skip("an external CouchDB is in use: pouchdb-server is not installed")
     node = localservices.find_binary("node")
     assert node is not None
-    started = time.monotonic()
-    done = subprocess.run(
-        [node, "-e", localservices._CUT_BODY_CHECK],
+    return subprocess.run(
+        [node, "-e", script],
         cwd=localservices.node_dir(),
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def test_pouchdb_fetch_fails_a_body_cut_off_by_a_closed_connection(couch_server: CouchServer) -> None:
+    # What the node-fetch patch is for: unpatched, a long-poll whose server dies never ends, and
+    # pouchdb-server's continuous replications never retry (tests/integration/test_hub_restart.py).
+    started = time.monotonic()
+    done = run_node_script(couch_server, localservices._CUT_BODY_CHECK)
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 5.0
 
@@ -297,20 +302,10 @@ server.listen(0, '127.0.0.1', async () => {
 
 
 def test_pouchdb_fetch_keeps_connections_open(couch_server: CouchServer) -> None:
-    if not couch_server.restartable:
-        pytest.skip("an external CouchDB is in use: pouchdb-server is not installed")
-    node = localservices.find_binary("node")
-    assert node is not None
-    done = subprocess.run(
-        [node, "-e", _KEEP_ALIVE_CHECK],
-        cwd=localservices.node_dir(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_node_script(couch_server, _KEEP_ALIVE_CHECK)
     assert done.returncode == 0, done.stderr
-    # Five requests on one connection; after the server dropped it, one more for the next three.
+    # Five requests on one connection; after a pause longer than the server keeps an idle
+    # connection, a new one for the next three.
     assert json.loads(done.stdout) == {"first": 1, "total": 2}
 
 
