@@ -16,10 +16,10 @@
   2 ms), which adds the time until the change reaches each agent's feed — replication alone.
   On two cores the two modes give the same figures within the spread. It also prints the CPU per
   round of the agents, the hub and the replica nodes. Measured (agents as processes, quiet machine,
-  2 runs each): N = 10, all agents p95 0.19-0.22 s (2 or 5 replica nodes); N = 50, 5 nodes, p50
-  0.72-0.78 s, p95 0.93 s; N = 50, 2 nodes, p50 0.64-0.68 s, p95 0.78-0.84 s. A round at N = 50
-  costs about 1.25-1.45 CPU-seconds (hub 0.23, replica nodes 0.62-0.85, agents 0.4): the machine's
-  two cores are the limit (docs/agent.md, "Benchmarks").
+  2-4 runs each): N = 10, all agents p95 0.19-0.22 s (2 or 5 replica nodes); N = 50, 5 nodes, p50
+  0.69-0.78 s, p95 0.83-0.93 s; N = 50, 2 nodes, p50 0.64-0.68 s, p95 0.78-0.84 s. A round at
+  N = 50 costs about 1.25-1.45 CPU-seconds (hub 0.23, replica nodes 0.62-0.85, agents 0.4): the
+  machine's two cores are the limit (docs/agent.md, "Benchmarks").
 - catchup (P2): a fresh agent over ``--credentials`` requests and their states (``--mine`` of them for
   this agent), against a raw ``_changes?include_docs=true`` read of the same feed, same run.
 - memory: the resident set of a ``certstore agent run`` process, idle and with ``--credentials``
