@@ -276,7 +276,7 @@ def test_pouchdb_fetch_fails_a_body_cut_off_by_a_closed_connection(couch_server:
 
 
 # What the pouchdb-fetch patch is for: the replicator's requests share kept-alive connections (node-fetch
-# alone sends "Connection: close"), and a connection the server closed while idle is not reused.
+# alone sends "Connection: close"), and an idle connection is closed before the server would close it.
 _KEEP_ALIVE_CHECK = """
 const http = require('http');
 const {fetch} = require('pouchdb-fetch');
@@ -382,6 +382,8 @@ def test_a_changed_security_object_applies_to_the_next_request(
     assert as_user(couch_server, user, password, "GET", f"/{db}/a") in (401, 403)
     ok(request(couch_server, "PUT", f"/{db}/_security", members))
     assert as_user(couch_server, user, password, "GET", f"/{db}/a") == 200
+    rev = ok(request(couch_server, "GET", f"/_users/org.couchdb.user:{user}"))["_rev"]
+    ok(request(couch_server, "DELETE", f"/_users/org.couchdb.user:{user}", rev=rev))
 
 
 def test_a_changed_user_applies_to_the_next_request(couch_server: CouchServer, db_name: str) -> None:
