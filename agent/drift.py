@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.paths import LIVE_DIR, TMP_PREFIX, VERSIONS_DIR
+from store.files import libc
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,8 @@ class Inotify:
     """A recursive inotify watch on one directory tree; :meth:`read` returns the changed paths."""
 
     def __init__(self, root: Path) -> None:
-        name = ctypes.util.find_library("c") or "libc.so.6"
         try:
-            self._libc = ctypes.CDLL(name, use_errno=True)
+            self._libc = libc()
             init = self._libc.inotify_init1
         except (OSError, AttributeError) as exc:
             raise InotifyUnavailable(errno.ENOSYS, f"inotify is not available: {exc}") from None

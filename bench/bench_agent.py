@@ -32,8 +32,6 @@ Each sub-command stays under about three minutes on two cores.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import os
 import shutil
@@ -63,6 +61,7 @@ from agent.main import agent_run_command
 from store import replication
 from store.couch import CouchClient, Database
 from store.enrollment import enroll
+from store.files import libc
 from store.follower import wait_for
 from store.hostkey import HostKey, generate_host_key, load_host_key
 from store.localservices import CouchNode, start_couch_node, stop_service
@@ -176,17 +175,16 @@ class ProcessAgents:
         with os.fdopen(fd, "w") as f:
             f.write(f"{config.password}\n")
         config_path = home / "agent.toml"
-        settings = {
-            "server": name,
-            "url": config.url,
-            "user": config.user,
-            "password_file": str(password_file),
-            "db": config.db,
-            "state_dir": str(config.state_dir),
-            "data_dir": str(config.data_dir),
-        }
-        # A JSON string is a valid TOML basic string for these values.
-        config_path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
+        write_agent_config(
+            config_path,
+            server=name,
+            url=config.url,
+            user=config.user,
+            password_file=str(password_file),
+            db=config.db,
+            state_dir=str(config.state_dir),
+            data_dir=str(config.data_dir),
+        )
         self.logs[name] = home / "agent.log"
         self.data_dirs[name] = config.data_dir
         self.status_files[name] = config.state_dir / "agent-status.json"
@@ -287,6 +285,13 @@ class ProcessAgents:
             self.inotify = None
 
 
+def write_agent_config(path: Path, **settings: str | None) -> None:
+    """An ``agent.toml`` with these top-level settings, None ones left out (a JSON string is a valid
+    TOML basic string)."""
+    lines = (f"{key} = {json.dumps(value)}\n" for key, value in settings.items() if value is not None)
+    path.write_text("".join(lines))
+
+
 def process_cpu_seconds(pid: int) -> float:
     """A process's CPU so far (user + system, all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -309,8 +314,7 @@ def status_caught_up(status_file: Path) -> bool:
 
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the bench dies, even by SIGKILL (Linux prctl)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    libc().prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def propagation(agents: int, rounds: int, node_count: int, root: Path, threads: bool) -> None:
@@ -531,9 +535,13 @@ def memory(total: int, root: Path) -> None:
         enroll(db, "web1", state_dir)
         config_path = root / "mem" / "agent.toml"
         data_dir = root / "mem" / "web1" / "data"
-        config_path.write_text(
-            f'server = "web1"\nurl = "{node.admin_url}"\ndb = "{DB}"\nstate_dir = "{state_dir}"\n'
-            f'data_dir = "{data_dir}"\n'
+        write_agent_config(
+            config_path,
+            server="web1",
+            url=node.admin_url,
+            db=DB,
+            state_dir=str(state_dir),
+            data_dir=str(data_dir),
         )
         proc = subprocess.Popen(agent_run_command(config_path))
         try:

@@ -39,9 +39,19 @@ def sync_filesystem(path: Path) -> None:
 
 
 @functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, for the calls Python's ``os`` lacks; errno is kept for ``ctypes.get_errno()``.
+
+    The interpreter's own symbols, which include the C library it is linked with (no search for the
+    library file, which would run ``ldconfig``). A missing function raises AttributeError.
+    """
+    return ctypes.CDLL(None, use_errno=True)
+
+
+@functools.cache
 def _libc_syncfs() -> Callable[[int], int] | None:
     try:
-        function: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
+        function: Callable[[int], int] = libc().syncfs
     except (OSError, AttributeError):
         return None
     return function
